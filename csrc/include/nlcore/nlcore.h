@@ -1,0 +1,6 @@
+/* nlcore C API — umbrella header. */
+#ifndef NLCORE_NLCORE_H_
+#define NLCORE_NLCORE_H_
+#include "nlcore/status.h"
+#include "nlcore/newton_schulz.h"
+#endif /* NLCORE_NLCORE_H_ */

@@ -1,0 +1,19 @@
+// The nlcore._C extension: every op schema of the `nlcore` namespace, and a plain Python
+// module init (no pybind11, no libtorch_python: import torch first, then nlcore._C).
+#include <Python.h>
+#include <torch/library.h>
+
+namespace nlcore::glue {
+void define_newton_schulz(torch::Library& m);
+}
+
+TORCH_LIBRARY(nlcore, m) {
+  nlcore::glue::define_newton_schulz(m);
+}
+
+extern "C" {
+static PyModuleDef nlcore_c_module = {PyModuleDef_HEAD_INIT, "_C",
+                                      "nlcore native ops (registered under torch.ops.nlcore)",
+                                      -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&nlcore_c_module); }
+}
