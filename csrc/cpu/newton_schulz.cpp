@@ -6,34 +6,43 @@
 namespace nlcore::cpu {
 namespace {
 
-// Work dtype of the iteration: float64 when G is float64 (then nothing is rounded), else
-// float32 with operands rounded to the compute dtype.
+// How the iteration stores X, A, B between GEMMs:
+//  - float64 G: float64, nothing rounded;
+//  - bf16 compute: bf16 tensors and ATen's bf16 GEMMs, which accumulate in fp32 and apply
+//    baddbmm's beta·C + alpha·AB in fp32 before one rounding — exactly the contract;
+//  - fp16 / fp32 compute: fp32 GEMMs on operands rounded to the compute dtype (the CPU has
+//    no fast fp16 GEMM; for fp32 compute nothing is rounded).
 struct Plan {
-  at::ScalarType work;
-  bool round;
+  at::ScalarType work;     // dtype X/A/B are held in
+  bool round;              // round to `compute` after each GEMM (fp32 work only)
   at::ScalarType compute;
 };
 
 Plan make_plan(const at::Tensor& G, const NsArgs& args) {
   if (G.scalar_type() == at::kDouble) return {at::kDouble, false, at::kDouble};
-  bool round = args.compute_dtype != at::kFloat;
-  return {at::kFloat, round, args.compute_dtype};
+  if (args.compute_dtype == at::kBFloat16) return {at::kBFloat16, false, at::kBFloat16};
+  return {at::kFloat, args.compute_dtype != at::kFloat, args.compute_dtype};
 }
 
 at::Tensor round_to(const at::Tensor& t, const Plan& p) {
   return p.round ? t.to(p.compute).to(p.work) : t;
 }
 
+at::ScalarType accum_dtype(const Plan& p) {
+  return p.work == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // [..., m, n] -> [batch, m', n'] with m' <= n' (transposed when m > n), in the work dtype.
 at::Tensor as_wide_batch(const at::Tensor& t, bool transposed, at::ScalarType work) {
   const int64_t m = t.size(-2), n = t.size(-1);
   at::Tensor X = t.reshape({-1, m, n}).to(work);
-  return transposed ? X.transpose(1, 2).contiguous() : X.contiguous();
+  return transposed ? X.transpose(1, 2) : X;  // GEMMs take the strided view as it is
 }
 
 at::Tensor back_to_shape(const at::Tensor& X, bool transposed, const at::Tensor& like) {
-  at::Tensor Y = transposed ? X.transpose(1, 2) : X;
-  return Y.to(like.scalar_type()).reshape(like.sizes()).contiguous();
+  at::Tensor out = at::empty(like.sizes(), like.options().memory_format(at::MemoryFormat::Contiguous));
+  out.view({-1, like.size(-2), like.size(-1)}).copy_(transposed ? X.transpose(1, 2) : X);
+  return out;
 }
 
 // denominators [batch, 1, 1] of the normalization, from the unrounded input Y.
@@ -42,60 +51,69 @@ at::Tensor norm_denominator(const at::Tensor& norm, const NsArgs& args) {
   return args.norm_additive ? scaled + args.eps : at::clamp_min(scaled, args.eps);
 }
 
-}  // namespace
+// The normalized start X0 (in the plan's storage dtype) of the wide-batch input Y.
+struct Start {
+  at::Tensor Y;      // [batch, m, n], m <= n, accumulation dtype, unrounded
+  at::Tensor norm;   // [batch, 1, 1] ‖Y‖_F
+  at::Tensor denom;  // [batch, 1, 1] normalization denominator
+  at::Tensor X0;
+};
 
-at::Tensor newton_schulz_forward(const at::Tensor& G, const NsArgs& args) {
-  const Plan p = make_plan(G, args);
-  const bool transposed = G.size(-2) > G.size(-1);
-  if (G.numel() == 0) return at::empty_like(G, at::MemoryFormat::Contiguous);
-  at::Tensor X = as_wide_batch(G, transposed, p.work);
-  at::Tensor norm = at::linalg_vector_norm(X, 2, {1, 2}, /*keepdim=*/true);
-  X = round_to(X / norm_denominator(norm, args), p);
+Start normalize(const at::Tensor& G, bool transposed, const NsArgs& args, const Plan& p) {
+  Start st;
+  st.Y = as_wide_batch(G, transposed, accum_dtype(p));
+  st.norm = at::linalg_vector_norm(st.Y, 2, {1, 2}, /*keepdim=*/true);
+  st.denom = norm_denominator(st.norm, args);
+  st.X0 = round_to((st.Y / st.denom).to(p.work), p);
+  return st;
+}
+
+// `steps` iterations from X; when `xs`/`as` are given, records each step's X and A (the
+// linearization points of the backward) in the accumulation dtype.
+at::Tensor iterate(at::Tensor X, const NsArgs& args, const Plan& p,
+                   std::vector<at::Tensor>* xs = nullptr, std::vector<at::Tensor>* as = nullptr) {
   const int64_t steps = static_cast<int64_t>(args.coefficients.size() / 3);
   for (int64_t s = 0; s < steps; ++s) {
     const double a = args.coefficients[3 * s], b = args.coefficients[3 * s + 1],
                  c = args.coefficients[3 * s + 2];
     at::Tensor A = round_to(at::bmm(X, X.transpose(1, 2)), p);
+    if (xs) {
+      xs->push_back(X.to(accum_dtype(p)));
+      as->push_back(A.to(accum_dtype(p)));
+      if (s + 1 == steps) break;  // the last output is not needed by the backward
+    }
     at::Tensor B = round_to(at::baddbmm(A, A, A, /*beta=*/b, /*alpha=*/c), p);
     X = round_to(at::baddbmm(X, B, X, /*beta=*/a, /*alpha=*/1.0), p);
   }
-  return back_to_shape(X, transposed, G);
+  return X;
+}
+
+}  // namespace
+
+at::Tensor newton_schulz_forward(const at::Tensor& G, const NsArgs& args) {
+  if (G.numel() == 0) return at::empty_like(G, at::MemoryFormat::Contiguous);
+  const Plan p = make_plan(G, args);
+  const bool transposed = G.size(-2) > G.size(-1);
+  return back_to_shape(iterate(normalize(G, transposed, args, p).X0, args, p), transposed, G);
 }
 
 // One step is X' = a X + (b A + c A²) X with A = X Xᵀ (symmetric). For an upstream
 // gradient Ḡ = dL/dX':
 //   X̄ = a Ḡ + b A Ḡ + c A² Ḡ + (Ā + Āᵀ) X,   Ā = b Ḡ Xᵀ + c (Ḡ Xᵀ A + A Ḡ Xᵀ).
 // The normalization X0 = Y / d(‖Y‖) gives Ȳ = X̄0 / d − d'(‖Y‖) ⟨Y, X̄0⟩ Y / (‖Y‖ d²).
-// Roundings are straight-through (their derivative is taken as 1) and the linearization
-// points are the rounded values the forward actually used.
+// Roundings are straight-through (their derivative is taken as 1); the linearization points
+// are the rounded values the forward used; the backward's own arithmetic is fp32 (fp64).
 at::Tensor newton_schulz_backward(const at::Tensor& grad, const at::Tensor& G,
                                   const NsArgs& args) {
+  if (G.numel() == 0) return at::zeros_like(G, at::MemoryFormat::Contiguous);
   const Plan p = make_plan(G, args);
   const bool transposed = G.size(-2) > G.size(-1);
-  if (G.numel() == 0) return at::zeros_like(G, at::MemoryFormat::Contiguous);
-  const int64_t steps = static_cast<int64_t>(args.coefficients.size() / 3);
+  const Start st = normalize(G, transposed, args, p);
+  std::vector<at::Tensor> xs, as;
+  iterate(st.X0, args, p, &xs, &as);
 
-  at::Tensor Y = as_wide_batch(G, transposed, p.work);
-  at::Tensor norm = at::linalg_vector_norm(Y, 2, {1, 2}, /*keepdim=*/true);
-  at::Tensor denom = norm_denominator(norm, args);
-  std::vector<at::Tensor> xs, as;  // X_s and A_s of each step, as the forward used them
-  xs.reserve(steps);
-  as.reserve(steps);
-  at::Tensor X = round_to(Y / denom, p);
-  for (int64_t s = 0; s < steps; ++s) {
-    const double a = args.coefficients[3 * s], b = args.coefficients[3 * s + 1],
-                 c = args.coefficients[3 * s + 2];
-    at::Tensor A = round_to(at::bmm(X, X.transpose(1, 2)), p);
-    xs.push_back(X);
-    as.push_back(A);
-    if (s + 1 < steps) {
-      at::Tensor B = round_to(at::baddbmm(A, A, A, b, c), p);
-      X = round_to(at::baddbmm(X, B, X, a, 1.0), p);
-    }
-  }
-
-  at::Tensor Gb = as_wide_batch(grad, transposed, p.work);
-  for (int64_t s = steps - 1; s >= 0; --s) {
+  at::Tensor Gb = as_wide_batch(grad, transposed, accum_dtype(p));
+  for (int64_t s = static_cast<int64_t>(xs.size()) - 1; s >= 0; --s) {
     const double a = args.coefficients[3 * s], b = args.coefficients[3 * s + 1],
                  c = args.coefficients[3 * s + 2];
     const at::Tensor& Xs = xs[s];
@@ -109,12 +127,15 @@ at::Tensor newton_schulz_backward(const at::Tensor& grad, const at::Tensor& G,
   }
 
   // Normalization.
-  at::Tensor dot = (Y * Gb).sum({1, 2}, /*keepdim=*/true);
-  at::Tensor active = args.norm_additive ? at::ones_like(norm)
-                                         : (norm * args.norm_scale > args.eps).to(p.work);
+  const at::Tensor& norm = st.norm;
+  const at::Tensor& denom = st.denom;
+  at::Tensor dot = (st.Y * Gb).sum({1, 2}, /*keepdim=*/true);
+  at::Tensor active = args.norm_additive
+                          ? at::ones_like(norm)
+                          : (norm * args.norm_scale > args.eps).to(norm.scalar_type());
   at::Tensor safe_norm = at::where(norm > 0, norm, at::ones_like(norm));
   at::Tensor Ybar =
-      Gb / denom - Y * (active * args.norm_scale * dot / (safe_norm * denom * denom));
+      Gb / denom - st.Y * (active * args.norm_scale * dot / (safe_norm * denom * denom));
   return back_to_shape(Ybar, transposed, G);
 }
 
