@@ -69,7 +69,7 @@ Start normalize(const at::Tensor& G, bool transposed, const NsArgs& args, const 
 }
 
 // `steps` iterations from X; when `xs`/`as` are given, records each step's X and A (the
-// linearization points of the backward) in the accumulation dtype.
+// linearization points of the backward) as stored.
 at::Tensor iterate(at::Tensor X, const NsArgs& args, const Plan& p,
                    std::vector<at::Tensor>* xs = nullptr, std::vector<at::Tensor>* as = nullptr) {
   const int64_t steps = static_cast<int64_t>(args.coefficients.size() / 3);
@@ -78,8 +78,8 @@ at::Tensor iterate(at::Tensor X, const NsArgs& args, const Plan& p,
                  c = args.coefficients[3 * s + 2];
     at::Tensor A = round_to(at::bmm(X, X.transpose(1, 2)), p);
     if (xs) {
-      xs->push_back(X.to(accum_dtype(p)));
-      as->push_back(A.to(accum_dtype(p)));
+      xs->push_back(X);
+      as->push_back(A);
       if (s + 1 == steps) break;  // the last output is not needed by the backward
     }
     at::Tensor B = round_to(at::baddbmm(A, A, A, /*beta=*/b, /*alpha=*/c), p);
@@ -98,11 +98,13 @@ at::Tensor newton_schulz_forward(const at::Tensor& G, const NsArgs& args) {
 }
 
 // One step is X' = a X + (b A + c A²) X with A = X Xᵀ (symmetric). For an upstream
-// gradient Ḡ = dL/dX':
-//   X̄ = a Ḡ + b A Ḡ + c A² Ḡ + (Ā + Āᵀ) X,   Ā = b Ḡ Xᵀ + c (Ḡ Xᵀ A + A Ḡ Xᵀ).
+// gradient Ḡ = dL/dX', with S = Ḡ Xᵀ + X Ḡᵀ (symmetric):
+//   X̄ = a Ḡ + b A Ḡ + c A² Ḡ + (b S + c (S A + (S A)ᵀ)) X
+// (the last term is (Ā + Āᵀ) X for Ā = b Ḡ Xᵀ + c (Ḡ Xᵀ A + A Ḡ Xᵀ), folded into one GEMM).
 // The normalization X0 = Y / d(‖Y‖) gives Ȳ = X̄0 / d − d'(‖Y‖) ⟨Y, X̄0⟩ Y / (‖Y‖ d²).
 // Roundings are straight-through (their derivative is taken as 1); the linearization points
-// are the rounded values the forward used; the backward's own arithmetic is fp32 (fp64).
+// are the rounded values the forward used. The backward's GEMMs follow the same contract as
+// the forward's (operands in the compute dtype, fp32 accumulation); Ḡ is carried in fp32.
 at::Tensor newton_schulz_backward(const at::Tensor& grad, const at::Tensor& G,
                                   const NsArgs& args) {
   if (G.numel() == 0) return at::zeros_like(G, at::MemoryFormat::Contiguous);
@@ -112,18 +114,25 @@ at::Tensor newton_schulz_backward(const at::Tensor& grad, const at::Tensor& G,
   std::vector<at::Tensor> xs, as;
   iterate(st.X0, args, p, &xs, &as);
 
-  at::Tensor Gb = as_wide_batch(grad, transposed, accum_dtype(p));
+  const at::ScalarType acc = accum_dtype(p);
+  // GEMM in the plan's operand dtype, result in the accumulation dtype.
+  auto mm = [&](const at::Tensor& x, const at::Tensor& y) {
+    return round_to(at::bmm(x.to(p.work), y.to(p.work)), p).to(acc);
+  };
+  // a private copy: Ḡ is updated in place below and must not alias `grad`
+  at::Tensor Gb = as_wide_batch(grad, transposed, acc).clone(at::MemoryFormat::Contiguous);
   for (int64_t s = static_cast<int64_t>(xs.size()) - 1; s >= 0; --s) {
     const double a = args.coefficients[3 * s], b = args.coefficients[3 * s + 1],
                  c = args.coefficients[3 * s + 2];
     const at::Tensor& Xs = xs[s];
     const at::Tensor& A = as[s];
-    at::Tensor AG = at::bmm(A, Gb);
-    at::Tensor GXt = at::bmm(Gb, Xs.transpose(1, 2));
-    at::Tensor Abar = at::baddbmm(at::bmm(A, GXt), GXt, A, c, c).add_(GXt, b);
-    at::Tensor Xbar = Gb * a + AG * b + at::bmm(A, AG) * c;
-    Xbar.add_(at::bmm(Abar + Abar.transpose(1, 2), Xs));
-    Gb = Xbar;
+    const at::Tensor Gw = Gb.to(p.work);
+    at::Tensor AG = mm(A, Gw);
+    at::Tensor S = mm(Gw, Xs.transpose(1, 2));
+    S.add_(S.transpose(1, 2).clone());
+    at::Tensor SA = mm(S, A);
+    at::Tensor M = at::add(SA, SA.transpose(1, 2)).mul_(c).add_(S, b);
+    Gb.mul_(a).add_(AG, b).add_(mm(A, AG), c).add_(mm(M, Xs));
   }
 
   // Normalization.

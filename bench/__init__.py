@@ -1,0 +1,1 @@
+"""nlcore microbenchmarks (DESIGN §6): `python -m bench` or `python bench/run.py`."""
