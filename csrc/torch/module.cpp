@@ -5,10 +5,12 @@
 
 namespace nlcore::glue {
 void define_newton_schulz(torch::Library& m);
+void define_dgd(torch::Library& m);
 }
 
 TORCH_LIBRARY(nlcore, m) {
   nlcore::glue::define_newton_schulz(m);
+  nlcore::glue::define_dgd(m);
 }
 
 extern "C" {

@@ -1,4 +1,5 @@
 """nlcore ops: Python entry points of the custom torch ops (torch.ops.nlcore.*)."""
+from .dgd import dgd, gated_delta_rule
 from .newton_schulz import newton_schulz
 
-__all__ = ["newton_schulz"]
+__all__ = ["dgd", "gated_delta_rule", "newton_schulz"]

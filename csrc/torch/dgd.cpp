@@ -1,0 +1,147 @@
+// nlcore::dgd — schema, argument checks, the CPU impls.
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cmath>
+
+#include "cpu/dgd.h"
+#include "torch/checks.h"
+
+namespace nlcore::glue {
+namespace {
+
+void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(is_sequence_dtype(t.scalar_type()), "dgd: ", name,
+                   " must be float32, bfloat16, float16 or float64, got ",
+                   dtype_name(t.scalar_type()));
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "dgd: ", name, " is on ", t.device(),
+                    " but q is on ", ref.device());
+}
+
+bool debug_checks() {
+  const char* e = std::getenv("NLCORE_DEBUG");
+  return e != nullptr && e[0] == '1';
+}
+
+}  // namespace
+
+cpu::DgdInputs check_dgd_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& beta, const std::optional<at::Tensor>& g,
+                              const std::optional<at::Tensor>& erase,
+                              const std::optional<at::Tensor>& initial_state,
+                              const std::optional<at::Tensor>& cu_seqlens, double scale,
+                              int64_t chunk_size) {
+  TORCH_CHECK_VALUE(q.dim() == 4, "dgd: q must be [B, T, H, K], got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes(), "dgd: k must have q's shape ", q.sizes(), ", got ",
+                    k.sizes());
+  TORCH_CHECK_VALUE(v.dim() == 4 && v.size(0) == q.size(0) && v.size(1) == q.size(1),
+                    "dgd: v must be [B, T, HV, V] with q's B and T (", q.size(0), ", ", q.size(1),
+                    "), got shape ", v.sizes());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), HV = v.size(2),
+                V = v.size(3);
+  TORCH_CHECK_VALUE(H >= 1 && HV >= 1 && HV % H == 0, "dgd: v's heads (", HV,
+                    ") must be a positive multiple of q/k's heads (", H, ")");
+  TORCH_CHECK_VALUE(K >= 1 && V >= 1, "dgd: head dims must be >= 1, got K = ", K, ", V = ", V);
+  for (auto [t, name] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}, {&beta, "beta"}}) {
+    check_float(*t, name);
+    check_same_device(*t, q, name);
+  }
+  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+                   "dgd: q, k and v must share one dtype, got ", dtype_name(q.scalar_type()), ", ",
+                   dtype_name(k.scalar_type()), ", ", dtype_name(v.scalar_type()));
+  const std::vector<int64_t> gate_shape = {B, T, HV};
+  TORCH_CHECK_VALUE(beta.sizes() == at::IntArrayRef(gate_shape), "dgd: beta must be [B, T, HV] = ",
+                    at::IntArrayRef(gate_shape), ", got ", beta.sizes());
+  for (auto [t, name] : {std::pair{&g, "g"}, {&erase, "erase"}}) {
+    if (!t->has_value()) continue;
+    const at::Tensor& x = **t;
+    check_float(x, name);
+    check_same_device(x, q, name);
+    TORCH_CHECK_VALUE(x.sizes() == at::IntArrayRef(gate_shape), "dgd: ", name,
+                      " must be [B, T, HV] = ", at::IntArrayRef(gate_shape), ", got ", x.sizes());
+  }
+  int64_t N = B;
+  if (cu_seqlens.has_value()) {
+    const at::Tensor& cs = *cu_seqlens;
+    TORCH_CHECK_VALUE(cs.dim() == 1 && cs.numel() >= 2,
+                      "dgd: cu_seqlens must be 1-D with at least 2 offsets, got shape ", cs.sizes());
+    TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt || cs.scalar_type() == at::kLong,
+                     "dgd: cu_seqlens must be int32 or int64, got ", dtype_name(cs.scalar_type()));
+    TORCH_CHECK_VALUE(B == 1, "dgd: with cu_seqlens the batch size must be 1, got B = ", B);
+    check_same_device(cs, q, "cu_seqlens");
+    N = cs.numel() - 1;
+    if (cs.device().is_cpu() || debug_checks()) {  // value checks read the tensor
+      at::Tensor c = cs.to(at::kCPU, at::kLong);
+      const int64_t* p = c.data_ptr<int64_t>();
+      TORCH_CHECK_VALUE(p[0] == 0, "dgd: cu_seqlens must start at 0, got ", p[0]);
+      TORCH_CHECK_VALUE(p[N] == T, "dgd: cu_seqlens must end at T = ", T, ", got ", p[N]);
+      for (int64_t i = 0; i < N; ++i)
+        TORCH_CHECK_VALUE(p[i + 1] >= p[i], "dgd: cu_seqlens must be non-decreasing, got ",
+                          p[i], " then ", p[i + 1], " at index ", i + 1);
+    }
+  }
+  if (initial_state.has_value()) {
+    const at::Tensor& h0 = *initial_state;
+    check_float(h0, "initial_state");
+    check_same_device(h0, q, "initial_state");
+    const std::vector<int64_t> want = {N, HV, K, V};
+    TORCH_CHECK_VALUE(h0.sizes() == at::IntArrayRef(want), "dgd: initial_state must be [N, HV, K, V] = ",
+                      at::IntArrayRef(want), ", got ", h0.sizes());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(scale), "dgd: scale must be finite, got ", scale);
+  TORCH_CHECK_VALUE(chunk_size >= 1, "dgd: chunk_size must be >= 1, got ", chunk_size);
+  return cpu::DgdInputs{q, k, v, beta, g, erase, initial_state, cu_seqlens};
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> dgd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const at::Tensor& beta,
+                                           const std::optional<at::Tensor>& g,
+                                           const std::optional<at::Tensor>& erase,
+                                           const std::optional<at::Tensor>& initial_state,
+                                           const std::optional<at::Tensor>& cu_seqlens,
+                                           double scale, bool read_before, int64_t chunk_size) {
+  auto in = check_dgd_args(q, k, v, beta, g, erase, initial_state, cu_seqlens, scale, chunk_size);
+  return cpu::dgd_forward(in, cpu::DgdArgs{scale, read_before, chunk_size});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+dgd_backward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const at::Tensor& beta, const std::optional<at::Tensor>& g,
+                 const std::optional<at::Tensor>& erase,
+                 const std::optional<at::Tensor>& initial_state,
+                 const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& grad_o,
+                 const std::optional<at::Tensor>& grad_final_state, double scale, bool read_before,
+                 int64_t chunk_size) {
+  auto in = check_dgd_args(q, k, v, beta, g, erase, initial_state, cu_seqlens, scale, chunk_size);
+  TORCH_CHECK_VALUE(grad_o.sizes() == v.sizes(), "dgd_backward: grad_o must have v's shape ",
+                    v.sizes(), ", got ", grad_o.sizes());
+  at::Tensor dfinal = grad_final_state.has_value() ? *grad_final_state : at::Tensor();
+  auto r = cpu::dgd_backward(in, grad_o, dfinal, cpu::DgdArgs{scale, read_before, chunk_size});
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
+}
+
+}  // namespace
+
+void define_dgd(torch::Library& m) {
+  m.def(
+      "dgd(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? erase, "
+      "Tensor? initial_state, Tensor? cu_seqlens, float scale, bool read_before, "
+      "int chunk_size=64) -> (Tensor, Tensor)");
+  m.def(
+      "dgd_backward(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? erase, "
+      "Tensor? initial_state, Tensor? cu_seqlens, Tensor grad_o, Tensor? grad_final_state, "
+      "float scale, bool read_before, int chunk_size=64) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+}  // namespace nlcore::glue
+
+TORCH_LIBRARY_IMPL(nlcore, CPU, m) {
+  m.impl("dgd", &nlcore::glue::dgd_cpu);
+  m.impl("dgd_backward", &nlcore::glue::dgd_backward_cpu);
+}
