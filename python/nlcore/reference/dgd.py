@@ -24,7 +24,8 @@ def dgd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
     q, k `[B, T, H, K]`; v `[B, T, HV, V]` (HV a multiple of H: value head j reads q/k head
     j // (HV // H)); beta, g, erase `[B, T, HV]`; initial_state `[N, HV, K, V]`.
     emulate=None computes in the inputs' promoted dtype (pass float64 for the truth);
-    emulate=<bf16|fp16> rounds every product's operands (the fp32 state included) to that
+    emulate=<bf16|fp16> rounds every product's operands (the fp32 state included, and the
+    write vector w_t = beta_t v_t − a_t S_{t-1}ᵀ k_t of the rank-1 update k_t w_tᵀ) to that
     dtype with fp32 accumulation, as the kernels' precision contract says.
     Returns (o in v's dtype, final state `[N, HV, K, V]` or None). Differentiable.
     """
@@ -58,9 +59,10 @@ def dgd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             before = scale * torch.einsum("hk,hkv->hv", _round(qt, emulate), _round(S, emulate))
             kS = torch.einsum("hk,hkv->hv", _round(kt, emulate), _round(S, emulate))
             decay = torch.ones(HV, dtype=work, device=q.device) if gf is None else gf[b, t].exp()
-            S = (decay[:, None, None] * S
-                 - af[b, t][:, None, None] * kt[:, :, None] * kS[:, None, :]
-                 + bf[b, t][:, None, None] * kt[:, :, None] * vt[:, None, :])
+            # the rank-1 write k_t w_tᵀ with w_t = beta_t v_t − a_t S_{t-1}ᵀ k_t (its operands
+            # are rounded under emulation, like any product's)
+            w = bf[b, t][:, None] * vt - af[b, t][:, None] * kS
+            S = decay[:, None, None] * S + kt[:, :, None] * _round(w, emulate)[:, None, :]
             if read == "before":
                 o_seq.append(before)
             else:
