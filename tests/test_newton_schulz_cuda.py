@@ -79,14 +79,40 @@ def test_dtypes(in_dtype, compute_dtype, shape):
     assert rel_err(out, truth) <= bound
 
 
-@pytest.mark.parametrize("kernel", ["symmetric", "cluster"])
-@pytest.mark.parametrize("shape", [(8, 256, 256), (2, 200, 512), (1, 1024, 1024)])
-def test_experimental_forms(kernel, shape):
+@pytest.mark.parametrize("shape", [(16, 128, 128), (8, 256, 256), (2, 200, 512), (1, 1024, 1024),
+                                   (1, 4096, 1024), (3, 100, 60)])
+@pytest.mark.parametrize("compute_dtype", [torch.bfloat16, torch.float16])
+def test_experimental_symmetric(shape, compute_dtype):
+    """Triangle-only A = X Xᵀ and A² (small path: upper tiles + mirror; general path: the
+    upper-triangle tile swizzle + a mirror kernel)."""
     G = torch.randn(shape, device="cuda")
     _poison()
-    out = newton_schulz(G, 5, "muon", kernel=kernel)
-    truth, bound = _contract_bound(G, 5, "muon", torch.bfloat16)
+    out = newton_schulz(G, 5, "muon", compute_dtype=compute_dtype, kernel="symmetric")
+    truth, bound = _contract_bound(G, 5, "muon", compute_dtype)
     assert rel_err(out, truth) <= bound
+    plain = newton_schulz(G, 5, "muon", compute_dtype=compute_dtype)
+    assert rel_err(out, plain) <= bound
+
+
+@pytest.mark.parametrize("shape", [(8, 256, 256), (4, 200, 256), (3, 129, 200), (2, 256, 160),
+                                   (5, 192, 192)])
+@pytest.mark.parametrize("coefficients", ["muon", "polar_express"])
+def test_experimental_cluster(shape, coefficients):
+    """The 2-CTA cluster kernel for 128 < min(m, n) <= 256, max(m, n) <= 256 (sm_90a)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the cluster kernel is built for sm_90a only")
+    G = torch.randn(shape, device="cuda")
+    _poison()
+    out = newton_schulz(G, 5, coefficients, kernel="cluster")
+    truth, bound = _contract_bound(G, 5, coefficients, torch.bfloat16)
+    assert rel_err(out, truth) <= bound
+
+
+def test_cluster_outside_its_domain_is_not_implemented():
+    with pytest.raises(NotImplementedError):
+        newton_schulz(torch.randn(2, 64, 64, device="cuda"), kernel="cluster")
+    with pytest.raises(NotImplementedError):
+        newton_schulz(torch.randn(2, 200, 512, device="cuda"), kernel="cluster")
 
 
 def test_grad_matches_cpu():

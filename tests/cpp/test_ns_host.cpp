@@ -147,18 +147,38 @@ void test_validation() {
   expect_reject("force both", &p, NLCORE_STATUS_INVALID_VALUE, {"flags", "FORCE_SMALL", "FORCE_GENERAL"});
   p = base(); p.flags = NLCORE_NS_FLAG_CLUSTER | NLCORE_NS_FLAG_FORCE_GENERAL;
   expect_reject("cluster+force", &p, NLCORE_STATUS_INVALID_VALUE, {"flags", "CLUSTER"});
-  p = base(); p.flags = NLCORE_NS_FLAG_CLUSTER;
-  expect_reject("cluster", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "not implemented"});
+  p = base(); p.flags = NLCORE_NS_FLAG_CLUSTER | NLCORE_NS_FLAG_FORCE_SMALL;
+  expect_reject("cluster+force small", &p, NLCORE_STATUS_INVALID_VALUE, {"flags", "CLUSTER", "FORCE_SMALL"});
+  p = base(2, 200, 256); p.flags = NLCORE_NS_FLAG_CLUSTER | NLCORE_NS_FLAG_FORCE_GENERAL;
+  expect_reject("cluster+force general 200", &p, NLCORE_STATUS_INVALID_VALUE, {"CLUSTER", "FORCE_GENERAL"});
+  p = base(); p.flags = NLCORE_NS_FLAG_CLUSTER;  // 64 x 96: the small kernel's domain
+  expect_reject("cluster 64x96", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "64", "96", "128 < min"});
+  p = base(2, 128, 256); p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("cluster m 128", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "128 < min"});
+  p = base(2, 200, 257); p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("cluster n 257", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "257", "<= 256"});
+  p = base(2, 300, 200); p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("cluster 300x200", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "300"});
+  p = base(2, 200, 200); p.compute_dtype = NLCORE_DTYPE_FLOAT32; p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("cluster fp32", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "FLOAT32"});
+  p = base(2, 200, 200); p.flags = NLCORE_NS_FLAG_CLUSTER | NLCORE_NS_FLAG_SYMMETRIC;
+  expect_reject("cluster+symmetric", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "SYMMETRIC"});
+  p = base(int64_t{1} << 30, 200, 200); p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("cluster batch 2^30", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "batch"});
+  p = base(2, 200, 200, 100); p.flags = NLCORE_NS_FLAG_CLUSTER;
+  for (int s = 0; s < 100; ++s) g_coef[3 * s] = 3.0f + 0.001f * s;
+  expect_reject("cluster 100 runs", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "64 runs"});
   p = base(2, 200, 300); p.flags = NLCORE_NS_FLAG_FORCE_SMALL;
   expect_reject("force small 200x300", &p, NLCORE_STATUS_NOT_SUPPORTED, {"FORCE_SMALL", "200", "300"});
   p = base(2, 64, 512); p.flags = NLCORE_NS_FLAG_FORCE_SMALL;
   expect_reject("force small n 512", &p, NLCORE_STATUS_NOT_SUPPORTED, {"FORCE_SMALL", "512"});
   p = base(); p.compute_dtype = NLCORE_DTYPE_FLOAT32; p.flags = NLCORE_NS_FLAG_FORCE_SMALL;
   expect_reject("force small fp32", &p, NLCORE_STATUS_NOT_SUPPORTED, {"FORCE_SMALL", "FLOAT32"});
-  p = base(2, 300, 200); p.flags = NLCORE_NS_FLAG_SYMMETRIC;
-  expect_reject("symmetric general", &p, NLCORE_STATUS_NOT_SUPPORTED, {"SYMMETRIC"});
-  p = base(); p.flags = NLCORE_NS_FLAG_SYMMETRIC | NLCORE_NS_FLAG_FORCE_GENERAL;
-  expect_reject("symmetric forced general", &p, NLCORE_STATUS_NOT_SUPPORTED, {"SYMMETRIC"});
+  p = base(2, 300, 200); p.compute_dtype = NLCORE_DTYPE_FLOAT32; p.flags = NLCORE_NS_FLAG_SYMMETRIC;
+  expect_reject("symmetric general fp32", &p, NLCORE_STATUS_NOT_SUPPORTED, {"SYMMETRIC", "FLOAT32"});
+  p = base(); p.compute_dtype = NLCORE_DTYPE_FLOAT32;
+  p.flags = NLCORE_NS_FLAG_SYMMETRIC | NLCORE_NS_FLAG_FORCE_GENERAL;
+  expect_reject("symmetric forced general fp32", &p, NLCORE_STATUS_NOT_SUPPORTED, {"SYMMETRIC", "FLOAT32"});
   p = base(int64_t{1} << 40, int64_t{1} << 20, int64_t{1} << 20);
   expect_reject("too large", &p, NLCORE_STATUS_INVALID_VALUE, {"too large"});
 #if defined(NLCORE_KERNEL_SET_CI)
@@ -166,6 +186,12 @@ void test_validation() {
   expect_reject("ci: small fp16 io", &p, NLCORE_STATUS_NOT_SUPPORTED, {"not built", "ci"});
   p = base(); p.compute_dtype = NLCORE_DTYPE_FLOAT16;
   expect_reject("ci: fp16 compute", &p, NLCORE_STATUS_NOT_SUPPORTED, {"not built", "FLOAT16"});
+  p = base(2, 300, 200); p.compute_dtype = NLCORE_DTYPE_FLOAT16; p.flags = NLCORE_NS_FLAG_SYMMETRIC;
+  expect_reject("ci: symmetric fp16", &p, NLCORE_STATUS_NOT_SUPPORTED, {"not built", "FLOAT16"});
+  p = base(2, 200, 256); p.io_dtype = NLCORE_DTYPE_FLOAT16; p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("ci: cluster fp16 io", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "not built", "ci"});
+  p = base(2, 200, 256); p.compute_dtype = NLCORE_DTYPE_FLOAT16; p.flags = NLCORE_NS_FLAG_CLUSTER;
+  expect_reject("ci: cluster fp16 compute", &p, NLCORE_STATUS_NOT_SUPPORTED, {"CLUSTER", "not built"});
 #endif
 
   // many distinct coefficient triples: the small kernel carries at most 64 runs
@@ -221,6 +247,16 @@ void test_forward_pointers() {
     s = nlcore_newton_schulz_forward(&p, g, o, ws, need, nullptr);
     CHECK(s == NLCORE_STATUS_CUDA_ERROR && nlcore_last_error_message()[0] != '\0',
           "no-GPU general: %s %s", nlcore_status_string(s), nlcore_last_error_message());
+    p = base(3, 300, 200);
+    p.flags = NLCORE_NS_FLAG_SYMMETRIC;
+    s = nlcore_newton_schulz_forward(&p, g, o, ws, need, nullptr);
+    CHECK(s == NLCORE_STATUS_CUDA_ERROR && nlcore_last_error_message()[0] != '\0',
+          "no-GPU symmetric general: %s %s", nlcore_status_string(s), nlcore_last_error_message());
+    p = base(3, 200, 256);
+    p.flags = NLCORE_NS_FLAG_CLUSTER;
+    s = nlcore_newton_schulz_forward(&p, g, o, nullptr, 0, nullptr);
+    CHECK(s == NLCORE_STATUS_CUDA_ERROR && nlcore_last_error_message()[0] != '\0',
+          "no-GPU cluster: %s %s", nlcore_status_string(s), nlcore_last_error_message());
   }
 }
 
@@ -235,6 +271,20 @@ void test_paths_and_workspace() {
       {64, 96, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_FORCE_GENERAL, 1},
       {64, 96, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_FORCE_SMALL, 0},
       {64, 96, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_SYMMETRIC, 0},
+      // SYMMETRIC on the GEMM path (upper-triangle GEMMs + mirror)
+      {300, 200, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_SYMMETRIC, 1},
+      {1024, 4096, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_SYMMETRIC, 1},
+      {64, 96, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_SYMMETRIC | NLCORE_NS_FLAG_FORCE_GENERAL, 1},
+#if !defined(NLCORE_KERNEL_SET_CI)
+      {300, 200, NLCORE_DTYPE_FLOAT16, NLCORE_NS_FLAG_SYMMETRIC, 1},
+      {200, 256, NLCORE_DTYPE_FLOAT16, NLCORE_NS_FLAG_CLUSTER, 2},
+#endif
+      // CLUSTER: 128 < min <= 256, max <= 256, either orientation
+      {129, 129, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_CLUSTER, 2},
+      {200, 256, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_CLUSTER, 2},
+      {256, 200, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_CLUSTER, 2},
+      {256, 256, NLCORE_DTYPE_BFLOAT16, NLCORE_NS_FLAG_CLUSTER, 2},
+      {200, 256, NLCORE_DTYPE_BFLOAT16, 0, 1},  // never by default
   };
   for (const Case& c : cases) {
     nlcore_ns_problem_t p = base(3, c.rows, c.cols);
@@ -245,8 +295,14 @@ void test_paths_and_workspace() {
     CHECK(got == c.want, "path %lldx%lld compute %d flags %u: got %d (%s: %s)", (long long)c.rows,
           (long long)c.cols, c.compute, c.flags, got, nlcore_status_string(st), nlcore_last_error_message());
     const size_t ws = ws_of(p);
-    if (c.want == 0) CHECK(ws == 0, "small path workspace %zu", ws);
+    if (c.want == 0 || c.want == 2) CHECK(ws == 0, "on-chip path workspace %zu", ws);
     if (c.want == 1) CHECK(ws > 0 && ws % 256 == 0 && ws != SIZE_MAX, "general workspace %zu", ws);
+  }
+  // SYMMETRIC does not change the general workspace.
+  for (int64_t m : {200, 1000}) {
+    nlcore_ns_problem_t a = base(3, m, 1500), b = base(3, m, 1500);
+    b.flags = NLCORE_NS_FLAG_SYMMETRIC;
+    CHECK(ws_of(a) == ws_of(b) && ws_of(a) != SIZE_MAX, "symmetric workspace %zu vs %zu", ws_of(b), ws_of(a));
   }
   // Monotone in batch, rows, cols; large enough for two X buffers, A, B.
   size_t prev = 0;
@@ -323,6 +379,72 @@ void test_tiling() {
     for (int i = 0; i < t; ++i)
       for (int j = 0; j < t; ++j) ok &= seen[i * t + j] == (i <= j ? 1 : 0);
     CHECK(ok, "upper tiles m_pad=%d", m_pad);
+  }
+
+  // Upper-triangle tile enumeration (symmetric GEMM swizzle, mirror kernel): every tile with
+  // ti <= tj exactly once, none below the diagonal, in row-major order; exhaustive for small
+  // grids, sampled (against upper_row_start) for large ones.
+  for (int t = 1; t <= 300; ++t) {
+    std::vector<int> seen(static_cast<size_t>(t) * t, 0);
+    bool ok = upper_tile_count(t) == static_cast<int64_t>(t) * (t + 1) / 2;
+    int pi = 0, pj = -1;
+    for (int64_t idx = 0; idx < upper_tile_count(t); ++idx) {
+      int ti = -1, tj = -1;
+      upper_tile_coords(idx, t, &ti, &tj);
+      if (ti < 0 || tj < ti || tj >= t) { ok = false; break; }
+      ok &= (ti == pi && tj == pj + 1) || (ti == pi + 1 && tj == ti);  // row-major order
+      pi = ti;
+      pj = tj;
+      seen[static_cast<size_t>(ti) * t + tj]++;
+    }
+    for (int i = 0; i < t && ok; ++i)
+      for (int j = 0; j < t; ++j) ok &= seen[static_cast<size_t>(i) * t + j] == (i <= j ? 1 : 0);
+    if (!ok) CHECK(ok, "upper_tile_coords t=%d", t);
+    else ++g_pass;
+  }
+  {
+    bool ok = true;
+    uint64_t rng = 12345;
+    for (int64_t t : {301, 1000, 4096, 8191, 32768, 65535}) {
+      const int64_t total = upper_tile_count(t);
+      for (int q = 0; q < 20000 && ok; ++q) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        int64_t idx = static_cast<int64_t>((rng >> 11) % static_cast<uint64_t>(total));
+        if (q < 4) idx = q < 2 ? q : total - 1 - (q - 2);  // both ends
+        int ti, tj;
+        upper_tile_coords(idx, t, &ti, &tj);
+        ok &= ti >= 0 && ti <= tj && tj < t && upper_row_start(ti, t) <= idx &&
+              idx < upper_row_start(ti + 1, t) && tj - ti == idx - upper_row_start(ti, t);
+        if (!ok) std::printf("  t=%lld idx=%lld -> (%d, %d)\n", (long long)t, (long long)idx, ti, tj);
+      }
+    }
+    CHECK(ok, "upper_tile_coords on large grids");
+  }
+
+  // Cluster kernel geometry over its whole domain.
+  {
+    bool ok = true;
+    size_t max_cluster = 0;
+    for (int m = 1; m <= 300 && ok; ++m)
+      for (int n = m; n <= 300; ++n) {
+        const bool in = m > 128 && m <= 256 && n <= 256;
+        if (cluster_shape_ok(m, n) != in) { ok = false; break; }
+        if (!in) continue;
+        const ClusterGeometry g = cluster_geometry(m, n);
+        ok &= g.m_pad >= m && g.m_pad % 64 == 0 && g.m_pad - m < 64 && g.n_pad >= n &&
+              g.n_pad % 64 == 0 && g.n_pad - n < 64 && g.n_pad >= g.m_pad && g.n_pad <= 256 &&
+              g.half * 2 == g.m_pad && g.half % 32 == 0 && g.half <= 128 && g.half < m &&
+              g.ld == g.n_pad + 8 && g.ld % 8 == 0;
+        // every 32-row K chunk lies in one CTA's half
+        for (int k0 = 0; k0 < g.m_pad; k0 += kClusterChunkK) ok &= k0 / g.half == (k0 + 31) / g.half;
+        // passes of 128 columns over W in {m_pad, n_pad}: each column's 64-wide warp block exists
+        ok &= g.m_pad % 64 == 0 && g.n_pad % 64 == 0;
+        const size_t b = cluster_smem_bytes(g, 2);
+        if (b > max_cluster) max_cluster = b;
+        if (!ok) std::printf("  cluster geometry m=%d n=%d\n", m, n);
+      }
+    CHECK(ok, "cluster geometry");
+    CHECK(max_cluster <= kSmemOptinSm90 && max_cluster == 220416, "cluster smem %zu", max_cluster);
   }
 
   // Fragment maps against an emulation of ldmatrix and of the PTX mma.m16n8k16 layouts.

@@ -1,6 +1,23 @@
 // nlcore C API for Newton–Schulz: validation, path selection, workspace layout and the
-// host-side driver of both paths. Plain C++ (no CUDA kernels here). Every validation
+// host-side driver of every path. Plain C++ (no CUDA kernels here). Every validation
 // failure returns before any CUDA runtime call.
+//
+// Paths (nlcore_newton_schulz_path) and flags (NLCORE_NS_FLAG_*):
+//   0 small:   one block per matrix, all steps on chip (min <= 128, max <= 256, bf16/fp16
+//              compute). DEFAULT takes it whenever it can; FORCE_SMALL demands it.
+//   1 general: batched CUTLASS GEMMs through a workspace (any size, fp32 compute too).
+//              DEFAULT takes it otherwise; FORCE_GENERAL demands it.
+//   2 cluster: 2-CTA thread-block cluster per matrix, all steps on chip (128 < min <= 256,
+//              max <= 256, bf16/fp16 compute, sm_90a device and build). Experimental: only
+//              with CLUSTER, which never falls back (NOT_SUPPORTED outside its domain, and
+//              from forward() on a device that is not compute capability 9.x).
+//              CLUSTER with FORCE_SMALL or FORCE_GENERAL: INVALID_VALUE (contradictory);
+//              CLUSTER with SYMMETRIC: NOT_SUPPORTED (no symmetric cluster variant).
+//   SYMMETRIC (experimental) computes only the upper triangle of A = X X^T and of
+//              B = c A^2 + b A and mirrors it bit-exactly: on chip on the small path, through
+//              upper-triangle-tile GEMMs + a mirror kernel on the general path (bf16/fp16
+//              compute only; fp32 compute is NOT_SUPPORTED). Rounding is unchanged.
+// None of the experimental forms is ever chosen by DEFAULT.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +37,7 @@ using detail::fail;
 
 constexpr int kPathSmall = 0;
 constexpr int kPathGeneral = 1;
+constexpr int kPathCluster = 2;
 
 const char* dtype_name(int d) {
   switch (d) {
@@ -32,6 +50,13 @@ const char* dtype_name(int d) {
 }
 size_t dtype_bytes(int d) { return d == NLCORE_DTYPE_FLOAT32 ? 4 : 2; }
 
+nlcore_status_t runtime_status(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return NLCORE_STATUS_SUCCESS;
+  (void)cudaGetLastError();  // clear the (non-sticky) error this call recorded
+  return fail(NLCORE_STATUS_CUDA_ERROR, "newton_schulz: %s failed: %s (%s)", what,
+              cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
 struct Plan {
   int path;
   int64_t batch, rows, cols, m, n;
@@ -39,6 +64,7 @@ struct Plan {
   int io, compute;
   bool symmetric;
   SmallGeometry geo;
+  ClusterGeometry cgeo;
   size_t smem_bytes;
   GeneralLayout layout;
   size_t workspace;
@@ -115,10 +141,10 @@ nlcore_status_t make_plan(const nlcore_ns_problem_t* p, Plan* out) {
     return fail(NLCORE_STATUS_INVALID_VALUE,
                 "newton_schulz: problem->flags = 0x%x combines CLUSTER with FORCE_%s", flags,
                 force_small ? "SMALL" : "GENERAL");
-  if (cluster)
+  if (cluster && symmetric)
     return fail(NLCORE_STATUS_NOT_SUPPORTED,
-                "newton_schulz: NLCORE_NS_FLAG_CLUSTER (2-block cluster kernel) is not implemented "
-                "in this version of nlcore");
+                "newton_schulz: problem->flags = 0x%x combines CLUSTER with SYMMETRIC; the cluster "
+                "kernel has no symmetric variant", flags);
 
   Plan P{};
   P.batch = p->batch;
@@ -153,7 +179,26 @@ nlcore_status_t make_plan(const nlcore_ns_problem_t* p, Plan* out) {
   else if (!small_built(P.compute, P.io))
     small_why = "this (compute_dtype, io_dtype) combination is not built in this kernel set";
 
-  if (force_small) {
+  if (cluster) {
+    const char* why = nullptr;
+    SmallCoefs ccoefs;
+    if (P.compute == NLCORE_DTYPE_FLOAT32)
+      why = "compute_dtype FLOAT32 has no cluster kernel (tensor-core bf16/fp16 only)";
+    else if (!cluster_shape_ok(P.m, P.n))
+      why = "it needs 128 < min(rows, cols) <= 256 and max(rows, cols) <= 256";
+    else if (P.batch > INT32_MAX / 2)
+      why = "batch exceeds 2^30 - 1";
+    else if (!encode_coefficient_runs(p->coefficients, p->steps, &ccoefs))
+      why = "the coefficient list has more than 64 runs of distinct (a, b, c) triples";
+    else if (!cluster_built(P.compute, P.io))
+      why = "this (compute_dtype, io_dtype) combination is not built in this kernel set";
+    if (why)
+      return fail(NLCORE_STATUS_NOT_SUPPORTED,
+                  "newton_schulz: NLCORE_NS_FLAG_CLUSTER cannot take rows %lld x cols %lld, "
+                  "compute_dtype %s, io_dtype %s (kernel set '%s'): %s", (long long)P.rows,
+                  (long long)P.cols, dtype_name(P.compute), dtype_name(P.io), kKernelSetName, why);
+    P.path = kPathCluster;
+  } else if (force_small) {
     if (small_why)
       return fail(NLCORE_STATUS_NOT_SUPPORTED,
                   "newton_schulz: FORCE_SMALL cannot take rows %lld x cols %lld, compute_dtype %s, "
@@ -167,23 +212,34 @@ nlcore_status_t make_plan(const nlcore_ns_problem_t* p, Plan* out) {
   }
 
   if (P.path == kPathGeneral) {
-    if (symmetric)
-      return fail(NLCORE_STATUS_NOT_SUPPORTED,
-                  "newton_schulz: NLCORE_NS_FLAG_SYMMETRIC is implemented only on the on-chip "
-                  "path (min(rows, cols) <= 128, max <= 256, bf16/fp16 compute); this problem "
-                  "(rows %lld x cols %lld, compute_dtype %s) takes the GEMM path",
-                  (long long)P.rows, (long long)P.cols, dtype_name(P.compute));
     if (!general_built(P.compute, P.io))
       return fail(NLCORE_STATUS_NOT_SUPPORTED,
                   "newton_schulz: compute_dtype %s with io_dtype %s is not built in this kernel "
                   "set ('%s'); rebuild with NLCORE_KERNEL_SET=full", dtype_name(P.compute),
                   dtype_name(P.io), kKernelSetName);
+    if (symmetric && P.compute == NLCORE_DTYPE_FLOAT32)
+      return fail(NLCORE_STATUS_NOT_SUPPORTED,
+                  "newton_schulz: NLCORE_NS_FLAG_SYMMETRIC on the GEMM path needs compute_dtype "
+                  "BFLOAT16 or FLOAT16 (got FLOAT32; rows %lld x cols %lld)", (long long)P.rows,
+                  (long long)P.cols);
+    if (symmetric && !general_upper_built(P.compute))
+      return fail(NLCORE_STATUS_NOT_SUPPORTED,
+                  "newton_schulz: NLCORE_NS_FLAG_SYMMETRIC GEMMs for compute_dtype %s are not built "
+                  "in this kernel set ('%s')", dtype_name(P.compute), kKernelSetName);
+    if (symmetric && upper_tile_count(ceil_div(round_up(P.m, kGemmPad), kGemmTileMN)) > INT32_MAX)
+      return fail(NLCORE_STATUS_NOT_SUPPORTED,
+                  "newton_schulz: NLCORE_NS_FLAG_SYMMETRIC: min(rows, cols) = %lld gives more "
+                  "upper-triangle GEMM tiles than one launch can hold", (long long)P.m);
     P.layout = general_layout(P.batch, P.m, P.n, dtype_bytes(P.compute));
     if (!P.layout.ok)
       return fail(NLCORE_STATUS_INVALID_VALUE,
                   "newton_schulz: problem too large: the workspace size overflows (batch %lld, "
                   "rows %lld, cols %lld)", (long long)P.batch, (long long)P.rows, (long long)P.cols);
     P.workspace = P.layout.total;
+  } else if (P.path == kPathCluster) {
+    P.cgeo = cluster_geometry(static_cast<int>(P.m), static_cast<int>(P.n));
+    P.smem_bytes = cluster_smem_bytes(P.cgeo, dtype_bytes(P.compute));
+    P.workspace = 0;
   } else {
     P.geo = small_geometry(static_cast<int>(P.m), static_cast<int>(P.n));
     P.smem_bytes = small_smem_bytes(P.geo, dtype_bytes(P.compute));
@@ -219,12 +275,56 @@ nlcore_status_t run_small(const Plan& P, const nlcore_ns_problem_t* p, const voi
   return fn(sp, P.batch, P.smem_bytes, stream);
 }
 
+nlcore_status_t run_cluster(const Plan& P, const nlcore_ns_problem_t* p, const void* G, void* O,
+                            cudaStream_t stream) {
+#if !defined(NLCORE_NS_HAVE_SM90A)
+  return fail(NLCORE_STATUS_NOT_SUPPORTED,
+              "newton_schulz: NLCORE_NS_FLAG_CLUSTER: this library was built without an sm_90a "
+              "image (add 90a-real to NLCORE_CUDA_ARCHS)");
+#else
+  int dev = 0, major = 0, minor = 0;
+  nlcore_status_t st = runtime_status(cudaGetDevice(&dev), "cudaGetDevice");
+  if (st != NLCORE_STATUS_SUCCESS) return st;
+  st = runtime_status(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+                   "cudaDeviceGetAttribute(ComputeCapabilityMajor)");
+  if (st != NLCORE_STATUS_SUCCESS) return st;
+  st = runtime_status(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
+                   "cudaDeviceGetAttribute(ComputeCapabilityMinor)");
+  if (st != NLCORE_STATUS_SUCCESS) return st;
+  if (major != 9)
+    return fail(NLCORE_STATUS_NOT_SUPPORTED,
+                "newton_schulz: NLCORE_NS_FLAG_CLUSTER needs a compute capability 9.x (Hopper, "
+                "sm_90a) device; the current device %d is %d.%d", dev, major, minor);
+  ClusterLaunchFn fn = find_cluster(P.compute, P.io);
+  if (fn == nullptr)
+    return fail(NLCORE_STATUS_INTERNAL_ERROR, "newton_schulz: cluster kernel missing from registry");
+  ClusterParams cp{};
+  cp.G = G;
+  cp.O = O;
+  cp.rows = static_cast<int>(P.rows);
+  cp.cols = static_cast<int>(P.cols);
+  cp.transposed = P.transposed ? 1 : 0;
+  cp.geo = P.cgeo;
+  cp.steps = p->steps;
+  cp.eps = p->eps;
+  cp.norm_scale = p->norm_scale;
+  cp.norm_additive = p->norm_additive;
+  encode_coefficient_runs(p->coefficients, p->steps, &cp.coefs);
+  return fn(cp, P.batch, P.smem_bytes, stream);
+#endif
+}
+
 nlcore_status_t run_general(const Plan& P, const nlcore_ns_problem_t* p, const void* G, void* O,
                             void* workspace, cudaStream_t stream) {
   const GeneralLayout& L = P.layout;
-  GemmLaunchFn gemm_nt = find_gemm(P.compute, true);
-  GemmLaunchFn gemm_nn = find_gemm(P.compute, false);
-  if (gemm_nt == nullptr || gemm_nn == nullptr)
+  // SYMMETRIC: A = X X^T and B = c A A^T + b A (A A^T = A A: A is bit-exactly symmetric once
+  // mirrored) on the upper-triangle tiles with the "nt" GEMM, each mirrored below the
+  // diagonal before it is read; B X stays a full GEMM. The general form computes A A ("nn").
+  const bool sym = P.symmetric;
+  GemmLaunchFn gemm_a = sym ? find_gemm_upper(P.compute) : find_gemm(P.compute, true);
+  GemmLaunchFn gemm_b = sym ? find_gemm_upper(P.compute) : find_gemm(P.compute, false);
+  GemmLaunchFn gemm_x = find_gemm(P.compute, false);
+  if (gemm_a == nullptr || gemm_b == nullptr || gemm_x == nullptr)
     return fail(NLCORE_STATUS_INTERNAL_ERROR, "newton_schulz: GEMM missing from registry");
   char* ws = static_cast<char*>(workspace);
   void* X[2] = {ws + L.off_x0, ws + L.off_x1};
@@ -266,14 +366,20 @@ nlcore_status_t run_general(const Plan& P, const nlcore_ns_problem_t* p, const v
     // A = X X^T
     GemmArgs g1{mp, mp, np, X[cur], np, sx, X[cur], np, sx, A, mp, sa, A, mp, sa, 1.0f, 0.0f,
                 P.batch};
-    if ((st = gemm_nt(g1, stream)) != NLCORE_STATUS_SUCCESS) return st;
+    if ((st = gemm_a(g1, stream)) != NLCORE_STATUS_SUCCESS) return st;
+    if (sym && (st = launch_mirror_upper(P.compute, A, mp, mp, sa, P.batch, stream)) !=
+                   NLCORE_STATUS_SUCCESS)
+      return st;
     // B = c A A + b A
     GemmArgs g2{mp, mp, mp, A, mp, sa, A, mp, sa, A, mp, sa, B, mp, sa, c, b, P.batch};
-    if ((st = gemm_nn(g2, stream)) != NLCORE_STATUS_SUCCESS) return st;
+    if ((st = gemm_b(g2, stream)) != NLCORE_STATUS_SUCCESS) return st;
+    if (sym && (st = launch_mirror_upper(P.compute, B, mp, mp, sa, P.batch, stream)) !=
+                   NLCORE_STATUS_SUCCESS)
+      return st;
     // X' = B X + a X
     GemmArgs g3{mp, np, mp, B, mp, sa, X[cur], np, sx, X[cur], np, sx, X[1 - cur], np, sx,
                 1.0f, a, P.batch};
-    if ((st = gemm_nn(g3, stream)) != NLCORE_STATUS_SUCCESS) return st;
+    if ((st = gemm_x(g3, stream)) != NLCORE_STATUS_SUCCESS) return st;
     cur = 1 - cur;
   }
 
@@ -309,6 +415,33 @@ SmallLaunchFn find_small(int compute, int io) {
 #endif
 #undef NLCORE_CASE
   return nullptr;
+}
+
+ClusterLaunchFn find_cluster(int compute, int io) {
+  if (!cluster_built(compute, io)) return nullptr;
+#define NLCORE_CASE(C, I, FN) \
+  if (compute == C && io == I) return &FN;
+  NLCORE_CASE(NLCORE_DTYPE_BFLOAT16, NLCORE_DTYPE_FLOAT32, cluster_bf16_f32)
+  NLCORE_CASE(NLCORE_DTYPE_BFLOAT16, NLCORE_DTYPE_BFLOAT16, cluster_bf16_bf16)
+#if !defined(NLCORE_KERNEL_SET_CI)
+  NLCORE_CASE(NLCORE_DTYPE_BFLOAT16, NLCORE_DTYPE_FLOAT16, cluster_bf16_f16)
+  NLCORE_CASE(NLCORE_DTYPE_FLOAT16, NLCORE_DTYPE_FLOAT32, cluster_f16_f32)
+  NLCORE_CASE(NLCORE_DTYPE_FLOAT16, NLCORE_DTYPE_BFLOAT16, cluster_f16_bf16)
+  NLCORE_CASE(NLCORE_DTYPE_FLOAT16, NLCORE_DTYPE_FLOAT16, cluster_f16_f16)
+#endif
+#undef NLCORE_CASE
+  return nullptr;
+}
+
+GemmLaunchFn find_gemm_upper(int compute) {
+  if (!general_upper_built(compute)) return nullptr;
+  switch (compute) {
+    case NLCORE_DTYPE_BFLOAT16: return &gemm_bf16_nt_sym;
+#if !defined(NLCORE_KERNEL_SET_CI)
+    case NLCORE_DTYPE_FLOAT16: return &gemm_f16_nt_sym;
+#endif
+    default: return nullptr;
+  }
 }
 
 GemmLaunchFn find_gemm(int compute, bool b_col_major) {
@@ -389,7 +522,8 @@ NLCORE_API nlcore_status_t nlcore_newton_schulz_forward(const nlcore_ns_problem_
                     workspace_bytes, P.workspace);
     }
     // ---- from here on: CUDA runtime calls ----
-    if (P.path == 0) return run_small(P, problem, G, O, stream);
+    if (P.path == kPathSmall) return run_small(P, problem, G, O, stream);
+    if (P.path == kPathCluster) return run_cluster(P, problem, G, O, stream);
     return run_general(P, problem, G, O, workspace, stream);
   } catch (...) {
     return fail(NLCORE_STATUS_INTERNAL_ERROR, "newton_schulz: unexpected C++ exception");

@@ -1,6 +1,7 @@
 // General path, element-wise stages: per-matrix partial sums of squares (the norm), the
-// normalize + convert + transpose into the padded workspace, and the convert + transpose
-// back into O. Cheap kernels: every io x compute dtype combination of the kernel set.
+// normalize + convert + transpose into the padded workspace, the convert + transpose
+// back into O, and (symmetric form) the upper -> lower triangle mirror. Cheap kernels:
+// every io x compute dtype combination of the kernel set.
 #include <algorithm>
 
 #include "newton_schulz/device.cuh"
@@ -90,6 +91,35 @@ nlcore_status_t launch_convert(const ConvertArgs& a, cudaStream_t stream, const 
   return launch_status(what);
 }
 
+// M(i, j) = M(j, i) for every i > j of each n x n matrix (16-bit elements, bit-exact copy).
+// One 32x32 upper tile (ti <= tj) per iteration: read it row-wise, write its transpose into
+// tile (tj, ti) row-wise; on a diagonal tile only the elements below the diagonal are written
+// (the ones read are above it, so reads and writes never touch the same element).
+__global__ void __launch_bounds__(kTile * kTileRowsPerPass)
+    mirror_upper_kernel(uint16_t* __restrict__ M, int64_t n, int64_t ld, int64_t stride,
+                        int64_t batch) {
+  __shared__ uint32_t tile[kTile][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t t = (n + kTile - 1) / kTile, per_mat = upper_tile_count(t), total = per_mat * batch;
+  for (int64_t it = blockIdx.x; it < total; it += gridDim.x) {
+    const int64_t mat = it / per_mat;
+    int ti, tj;
+    upper_tile_coords(it - mat * per_mat, t, &ti, &tj);
+    uint16_t* m = M + mat * stride;
+    const int64_t r0 = static_cast<int64_t>(ti) * kTile, c0 = static_cast<int64_t>(tj) * kTile;
+    for (int r = ty; r < kTile; r += kTileRowsPerPass) {
+      const int64_t i = r0 + r, j = c0 + tx;
+      tile[r][tx] = (i < n && j < n) ? m[i * ld + j] : 0u;
+    }
+    __syncthreads();
+    for (int r = ty; r < kTile; r += kTileRowsPerPass) {
+      const int64_t i = c0 + r, j = r0 + tx;  // destination (i, j) = source (j, i)
+      if (i < n && j < n && (ti != tj || r > tx)) m[i * ld + j] = static_cast<uint16_t>(tile[tx][r]);
+    }
+    __syncthreads();
+  }
+}
+
 // dtype code -> type dispatch
 template <class F>
 nlcore_status_t dispatch_dtype(int d, F&& f) {
@@ -112,6 +142,19 @@ nlcore_status_t launch_norm_partials(int io_dtype, const void* G, int64_t batch,
         static_cast<const IO*>(G), batch, numel, chunks, partials);
     return launch_status("launch of the norm kernel");
   });
+}
+
+nlcore_status_t launch_mirror_upper(int compute_dtype, void* M, int64_t n, int64_t ld,
+                                    int64_t stride, int64_t batch, cudaStream_t stream) {
+  if (compute_dtype != NLCORE_DTYPE_BFLOAT16 && compute_dtype != NLCORE_DTYPE_FLOAT16)
+    return detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
+                        "newton_schulz: triangle mirror supports 16-bit dtypes only (got %d)",
+                        compute_dtype);
+  const int64_t tiles = upper_tile_count((n + kTile - 1) / kTile) * batch;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(tiles, 1), kMaxGrid));
+  mirror_upper_kernel<<<grid, dim3(kTile, kTileRowsPerPass), 0, stream>>>(static_cast<uint16_t*>(M),
+                                                                          n, ld, stride, batch);
+  return launch_status("launch of the triangle mirror kernel");
 }
 
 nlcore_status_t launch_to_work(int io_dtype, int compute_dtype, const ConvertArgs& a,

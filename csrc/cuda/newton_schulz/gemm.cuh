@@ -4,10 +4,19 @@
 //                128x128x32 threadblock tile, 64x64x32 warps, 3 stages, 128-bit accesses.
 //   fp32:        SIMT FFMA kernel (never TF32), 128x128x8 tile, 32x64x8 warps.
 // Epilogue: LinearCombination, D = round(alpha * acc + beta * C) computed in fp32.
+//
+// Symmetric form (NLCORE_NS_FLAG_SYMMETRIC, bf16 / fp16 only): the same kernel with
+// UpperTriangleSwizzle, which launches one CTA per output tile (tm, tn) with tm <= tn of a
+// square problem (M == N, square threadblock tile) and nothing below the diagonal. The
+// caller mirrors the result (launch_mirror_upper). Instantiated for the "nt" form only
+// (A = X X^T, and A A^T = A A once A is mirrored): each tile it computes equals the same
+// tile of the full "nt" GEMM bit for bit (same kernel, same K order).
 #ifndef NLCORE_CUDA_NEWTON_SCHULZ_GEMM_CUH_
 #define NLCORE_CUDA_NEWTON_SCHULZ_GEMM_CUH_
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "cutlass/cutlass.h"
 #include "cutlass/device_kernel.h"
@@ -20,7 +29,45 @@
 
 namespace nlcore::ns {
 
-template <class T, bool kBColMajor>
+// CUTLASS 2.x threadblock swizzle for GemmUniversal (kBatched mode) that enumerates only the
+// upper-triangle tiles. GemmUniversal asks it for: get_tiled_shape (tile counts; k = batch),
+// get_log_tile (an int the kernel hands back to get_tile_offset; here it carries the number
+// t of tiles per side), get_grid_shape (x = t (t + 1) / 2 upper tiles, z = batch) and
+// get_tile_offset(int) (blockIdx.x -> (tm, tn), k = blockIdx.z = batch index).
+struct UpperTriangleSwizzle {
+  CUTLASS_HOST_DEVICE UpperTriangleSwizzle() {}
+
+  CUTLASS_HOST_DEVICE static cutlass::gemm::GemmCoord get_tiled_shape(
+      cutlass::gemm::GemmCoord problem_size, cutlass::gemm::GemmCoord tile_size, int batch_count) {
+    return cutlass::gemm::GemmCoord((problem_size.m() + tile_size.m() - 1) / tile_size.m(),
+                                    (problem_size.n() + tile_size.n() - 1) / tile_size.n(),
+                                    batch_count % (1 << 16));
+  }
+  CUTLASS_HOST_DEVICE static int get_log_tile(cutlass::gemm::GemmCoord tiled_shape) {
+    return tiled_shape.m();
+  }
+  CUTLASS_HOST_DEVICE static dim3 get_grid_shape(cutlass::gemm::GemmCoord tiled_shape) {
+    return dim3(static_cast<unsigned>(upper_tile_count(tiled_shape.m())), 1,
+                static_cast<unsigned>(tiled_shape.k()));
+  }
+  CUTLASS_DEVICE static cutlass::gemm::GemmCoord get_tile_offset(int tiles_per_side) {
+    int tm, tn;
+    upper_tile_coords(static_cast<int64_t>(cutlass::gemm::threadblock::RematerializeBlockIdxX()),
+                      tiles_per_side, &tm, &tn);
+    return cutlass::gemm::GemmCoord{tm, tn, cutlass::gemm::threadblock::RematerializeBlockIdxZ()};
+  }
+  CUTLASS_DEVICE static cutlass::gemm::GemmCoord get_tile_offset(
+      cutlass::gemm::GemmCoord tiled_shape) {
+    return get_tile_offset(tiled_shape.m());
+  }
+  CUTLASS_DEVICE static int get_batch_idx() {
+    return cutlass::gemm::threadblock::RematerializeBlockIdxZ();
+  }
+};
+
+using FullSwizzle = cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>;
+
+template <class T, bool kBColMajor, class Swizzle = FullSwizzle>
 struct GemmConfig {  // tensor-op (bf16 / fp16)
   using LayoutB = std::conditional_t<kBColMajor, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
   static constexpr int kAlign = 8;
@@ -28,12 +75,13 @@ struct GemmConfig {  // tensor-op (bf16 / fp16)
       T, cutlass::layout::RowMajor, T, LayoutB, T, cutlass::layout::RowMajor, float,
       cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, cutlass::gemm::GemmShape<128, 128, 32>,
       cutlass::gemm::GemmShape<64, 64, 32>, cutlass::gemm::GemmShape<16, 8, 16>,
-      cutlass::epilogue::thread::LinearCombination<T, kAlign, float, float>,
-      cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>, 3, kAlign, kAlign>;
+      cutlass::epilogue::thread::LinearCombination<T, kAlign, float, float>, Swizzle, 3, kAlign,
+      kAlign>;
+  using TileShape = cutlass::gemm::GemmShape<128, 128, 32>;
 };
 
 template <bool kBColMajor>
-struct GemmConfig<float, kBColMajor> {  // SIMT fp32
+struct GemmConfig<float, kBColMajor, FullSwizzle> {  // SIMT fp32 (no symmetric form)
   using LayoutB = std::conditional_t<kBColMajor, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
   static constexpr int kAlign = 1;
   using Device = cutlass::gemm::device::GemmUniversal<
@@ -44,9 +92,22 @@ struct GemmConfig<float, kBColMajor> {  // SIMT fp32
       cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<8>, 4, 1, 1>;
 };
 
-template <class T, bool kBColMajor>
+template <class T, bool kBColMajor, class Swizzle = FullSwizzle>
 nlcore_status_t run_gemm(const GemmArgs& g, cudaStream_t stream) {
-  using Config = GemmConfig<T, kBColMajor>;
+  using Config = GemmConfig<T, kBColMajor, Swizzle>;
+  constexpr bool kUpper = std::is_same_v<Swizzle, UpperTriangleSwizzle>;
+  if constexpr (kUpper) {
+    static_assert(Config::TileShape::kM == Config::TileShape::kN &&
+                      Config::TileShape::kM == kGemmTileMN,
+                  "the upper-triangle swizzle needs square threadblock tiles of kGemmTileMN");
+    if (g.M != g.N)
+      return detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
+                          "newton_schulz: upper-triangle GEMM needs M == N (got %d x %d)", g.M, g.N);
+    const int64_t t = ceil_div(g.M, Config::TileShape::kM);
+    if (upper_tile_count(t) > INT32_MAX)
+      return detail::fail(NLCORE_STATUS_NOT_SUPPORTED,
+                          "newton_schulz: upper-triangle GEMM of size %d has too many tiles", g.M);
+  }
   using Kernel = typename Config::Device::GemmKernel;
   using Arguments = typename Kernel::Arguments;
   using Params = typename Kernel::Params;

@@ -25,7 +25,22 @@ struct SmallParams {
   SmallCoefs coefs;
 };
 
+// Parameters of the 2-CTA cluster kernel (passed by value, __grid_constant__).
+struct ClusterParams {
+  const void* G;
+  void* O;
+  int rows, cols;       // G_i is rows x cols
+  int transposed;       // rows > cols: X = G_i^T
+  ClusterGeometry geo;  // X is geo.m x geo.n
+  int steps;
+  float eps, norm_scale;
+  int norm_additive;
+  SmallCoefs coefs;
+};
+
 // Each returns a launch status; errors are recorded with detail::fail().
+using ClusterLaunchFn = nlcore_status_t (*)(const ClusterParams& p, int64_t batch,
+                                            size_t smem_bytes, cudaStream_t stream);
 using SmallLaunchFn = nlcore_status_t (*)(const SmallParams& p, int64_t batch, size_t smem_bytes,
                                           cudaStream_t stream);
 
@@ -71,10 +86,15 @@ nlcore_status_t launch_to_work(int io_dtype, int compute_dtype, const ConvertArg
                                cudaStream_t stream);
 nlcore_status_t launch_from_work(int compute_dtype, int io_dtype, const ConvertArgs& a,
                                  cudaStream_t stream);
+// Symmetric form: M(i, j) = M(j, i) for i > j of each n x n matrix (16-bit compute dtypes).
+nlcore_status_t launch_mirror_upper(int compute_dtype, void* M, int64_t n, int64_t ld,
+                                    int64_t stride, int64_t batch, cudaStream_t stream);
 
 // Registries (defined in api.cpp from what the kernel set compiled in); NULL if absent.
 SmallLaunchFn find_small(int compute_dtype, int io_dtype);
+ClusterLaunchFn find_cluster(int compute_dtype, int io_dtype);
 GemmLaunchFn find_gemm(int compute_dtype, bool b_col_major);
+GemmLaunchFn find_gemm_upper(int compute_dtype);  // upper-triangle tiles, B column-major
 
 // Per-instantiation entry points (defined in the .cu files).
 #define NLCORE_NS_DECLARE_SMALL(NAME) \
@@ -86,6 +106,15 @@ NLCORE_NS_DECLARE_SMALL(small_f16_f32)
 NLCORE_NS_DECLARE_SMALL(small_f16_bf16)
 NLCORE_NS_DECLARE_SMALL(small_f16_f16)
 #undef NLCORE_NS_DECLARE_SMALL
+#define NLCORE_NS_DECLARE_CLUSTER(NAME) \
+  nlcore_status_t NAME(const ClusterParams& p, int64_t batch, size_t smem_bytes, cudaStream_t stream);
+NLCORE_NS_DECLARE_CLUSTER(cluster_bf16_f32)
+NLCORE_NS_DECLARE_CLUSTER(cluster_bf16_bf16)
+NLCORE_NS_DECLARE_CLUSTER(cluster_bf16_f16)
+NLCORE_NS_DECLARE_CLUSTER(cluster_f16_f32)
+NLCORE_NS_DECLARE_CLUSTER(cluster_f16_bf16)
+NLCORE_NS_DECLARE_CLUSTER(cluster_f16_f16)
+#undef NLCORE_NS_DECLARE_CLUSTER
 
 nlcore_status_t gemm_bf16_nt(const GemmArgs& g, cudaStream_t stream);
 nlcore_status_t gemm_bf16_nn(const GemmArgs& g, cudaStream_t stream);
@@ -93,6 +122,9 @@ nlcore_status_t gemm_f16_nt(const GemmArgs& g, cudaStream_t stream);
 nlcore_status_t gemm_f16_nn(const GemmArgs& g, cudaStream_t stream);
 nlcore_status_t gemm_f32_nt(const GemmArgs& g, cudaStream_t stream);
 nlcore_status_t gemm_f32_nn(const GemmArgs& g, cudaStream_t stream);
+// Upper-triangle tiles only (square M == N); B column-major ("nt").
+nlcore_status_t gemm_bf16_nt_sym(const GemmArgs& g, cudaStream_t stream);
+nlcore_status_t gemm_f16_nt_sym(const GemmArgs& g, cudaStream_t stream);
 
 }  // namespace nlcore::ns
 

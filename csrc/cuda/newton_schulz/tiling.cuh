@@ -1,11 +1,24 @@
 // Newton–Schulz: tiling, shared-memory layout, fragment index maps and workspace layout.
 // Everything here is plain constexpr / __host__ __device__ so that tests/cpp can check it
 // on a machine without a GPU (compiled there by g++, where NLCORE_HD is just `inline`).
+//
+// Paths and the flags that reach them (api.cpp chooses; NLCORE_NS_FLAG_*):
+//   small   (path 0): one block per matrix, min <= 128, max <= 256, bf16/fp16 compute.
+//                     SYMMETRIC: only the upper 32x32 tiles of A and B, mirrored on chip.
+//   general (path 1): batched CUTLASS GEMMs on a padded workspace, any size.
+//                     SYMMETRIC (bf16/fp16 compute): A = X X^T and B = c A A + b A run
+//                     on the upper-triangle threadblock tiles only (upper_tile_coords
+//                     below), then mirror_upper_to_lower copies them bit-exactly below
+//                     the diagonal; B X stays a full GEMM.
+//   cluster (path 2): NLCORE_NS_FLAG_CLUSTER only (experimental, sm_90a): a 2-CTA cluster
+//                     per matrix, 128 < min <= 256, max <= 256, every step on chip; each
+//                     CTA owns half of the rows of X, A and B (ClusterGeometry below).
 #ifndef NLCORE_CUDA_NEWTON_SCHULZ_TILING_CUH_
 #define NLCORE_CUDA_NEWTON_SCHULZ_TILING_CUH_
 
 #include <stddef.h>
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #if defined(__CUDACC__)
@@ -158,10 +171,88 @@ inline bool encode_coefficient_runs(const float* coef, int steps, SmallCoefs* ou
   return true;
 }
 
+// ------------------------------------------------- upper-triangle tile enumeration ----------
+// The tiles (ti, tj) of a t x t tile grid with ti <= tj, numbered row by row:
+//   idx 0 .. t-1 -> (0, 0) .. (0, t-1); idx t .. 2t-2 -> (1, 1) .. (1, t-1); ...
+// Row i starts at upper_row_start(i, t) = i t - i (i - 1) / 2. Used by the symmetric GEMM
+// swizzle (one CTA per upper tile) and by the mirror kernel (tile (ti, tj) -> (tj, ti)).
+NLCORE_HD constexpr int64_t upper_tile_count(int64_t t) { return t * (t + 1) / 2; }
+NLCORE_HD constexpr int64_t upper_row_start(int64_t i, int64_t t) { return i * t - i * (i - 1) / 2; }
+// idx in [0, upper_tile_count(t)) -> (ti, tj), 0 <= ti <= tj < t. A float estimate of the
+// row, then exact integer corrections (so the result never depends on sqrt's rounding).
+NLCORE_HD void upper_tile_coords(int64_t idx, int64_t t, int* ti, int* tj) {
+  const float b = 2.0f * static_cast<float>(t) + 1.0f;
+  float disc = b * b - 8.0f * static_cast<float>(idx);
+  if (disc < 0.0f) disc = 0.0f;
+  int64_t i = static_cast<int64_t>((b - sqrtf(disc)) * 0.5f);
+  if (i < 0) i = 0;
+  if (i > t - 1) i = t - 1;
+  while (i > 0 && upper_row_start(i, t) > idx) --i;
+  while (i + 1 < t && upper_row_start(i + 1, t) <= idx) ++i;
+  *ti = static_cast<int>(i);
+  *tj = static_cast<int>(i + (idx - upper_row_start(i, t)));
+}
+
+// ---------------------------------------------------------------- cluster path (sm_90a) ----
+// A 2-CTA thread-block cluster per matrix for 128 < m <= 256, n <= 256 (m = min dimension).
+// m and n are padded to multiples of 64 (zero padding is exact); CTA r owns rows
+// [r h, (r + 1) h) of X, A and B, h = m_pad / 2 (96 or 128, a multiple of 32). Three
+// row-half buffers of h x ld elements rotate through the roles X / A / B (ld = n_pad + 8,
+// n_pad >= m_pad), plus a double-buffered staging area for 32-row chunks of the peer CTA's
+// operands (read through distributed shared memory, then ldmatrix'ed locally), plus the
+// reduction scratch.
+constexpr int kClusterMinM = kSmallMaxM + 1;  // 129
+constexpr int kClusterMaxM = 256;
+constexpr int kClusterMaxN = 256;
+constexpr int kClusterThreads = 256;          // 8 warps per CTA
+constexpr int kClusterPad = 64;
+constexpr int kClusterChunkK = 32;            // rows of a staged peer chunk
+constexpr int kClusterPassN = 128;            // output columns per pass (4 x 2 warps of 32 x 64)
+constexpr int kClusterStageLd = kClusterPassN + kSmallRowPad;
+
+struct ClusterGeometry {
+  int m, n;          // X is m x n, m <= n
+  int m_pad, n_pad;  // multiples of 64, n_pad >= m_pad
+  int half;          // rows per CTA = m_pad / 2
+  int ld;            // row stride (elements) of the three row-half buffers
+};
+
+NLCORE_HD constexpr bool cluster_shape_ok(int64_t m, int64_t n) {
+  return m >= kClusterMinM && n >= m && m <= kClusterMaxM && n <= kClusterMaxN;
+}
+NLCORE_HD constexpr ClusterGeometry cluster_geometry(int m, int n) {
+  const int m_pad = static_cast<int>(round_up(m, kClusterPad));
+  const int n_pad = static_cast<int>(round_up(n, kClusterPad));
+  return ClusterGeometry{m, n, m_pad, n_pad, m_pad / 2, n_pad + kSmallRowPad};
+}
+NLCORE_HD constexpr size_t cluster_buffer_elems(const ClusterGeometry& g) {
+  return static_cast<size_t>(g.half) * g.ld;
+}
+NLCORE_HD constexpr size_t cluster_stage_elems() {
+  return static_cast<size_t>(2) * kClusterChunkK * kClusterStageLd;
+}
+// Bytes per CTA: 3 row-half buffers + 2 staging chunks (elem = 2) + reduction scratch.
+NLCORE_HD constexpr size_t cluster_smem_bytes(const ClusterGeometry& g, size_t elem_bytes) {
+  return (3 * cluster_buffer_elems(g) + cluster_stage_elems()) * elem_bytes + kSmallReduceBytes;
+}
+static_assert(cluster_smem_bytes(cluster_geometry(kClusterMaxM, kClusterMaxN), 2) <= kSmemOptinSm90,
+              "cluster Newton-Schulz kernel: shared memory at the size limits exceeds sm_90's 227 KiB");
+static_assert(cluster_geometry(kClusterMinM, kClusterMinM).half % 32 == 0 &&
+                  cluster_geometry(kClusterMaxM, kClusterMaxN).half % 32 == 0,
+              "cluster row halves must be whole 32-row warp tiles");
+static_assert(cluster_geometry(kClusterMaxM, kClusterMaxN).half <= 4 * 32 && kClusterPassN == 2 * 64,
+              "cluster passes are laid out as 4 x 2 warps of 32 x 64 (at most 128 rows per CTA)");
+static_assert(kClusterThreads == 256 && kClusterChunkK % 16 == 0 &&
+                  (kClusterChunkK * kClusterPassN / 8) % kClusterThreads == 0,
+              "a staged chunk is copied in whole 16-byte vectors by every thread");
+static_assert((kClusterMaxN + kSmallRowPad) * 2 % 16 == 0 && kClusterStageLd * 2 % 16 == 0,
+              "cluster shared-memory rows must stay 16-byte aligned for ldmatrix and 16-byte copies");
+
 // ---------------------------------------------------------------- general (GEMM) path -----
 // GEMM dimensions are padded to multiples of 8 (128-bit CUTLASS accesses for 16-bit types);
 // the padding is zero in the workspace, which leaves every product exact.
 constexpr int64_t kGemmPad = 8;
+constexpr int64_t kGemmTileMN = 128;  // threadblock tile M = N of the GEMMs (gemm.cuh)
 constexpr size_t kWorkspaceAlign = 256;
 constexpr int kNormChunkElems = 16384;  // elements per partial sum of the norm
 constexpr int kNormMaxChunks = 64;
