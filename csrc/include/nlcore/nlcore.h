@@ -3,4 +3,5 @@
 #define NLCORE_NLCORE_H_
 #include "nlcore/status.h"
 #include "nlcore/newton_schulz.h"
+#include "nlcore/dgd.h"
 #endif /* NLCORE_NLCORE_H_ */

@@ -40,7 +40,9 @@ typedef enum nlcore_dtype_t {
   NLCORE_DTYPE_FLOAT32 = 0,
   NLCORE_DTYPE_BFLOAT16 = 1,
   NLCORE_DTYPE_FLOAT16 = 2,
-  NLCORE_DTYPE_FLOAT64 = 3 /* accepted by no CUDA kernel; listed for completeness */
+  NLCORE_DTYPE_FLOAT64 = 3, /* accepted by no CUDA kernel; listed for completeness */
+  NLCORE_DTYPE_INT32 = 4,   /* index tensors (cu_seqlens) */
+  NLCORE_DTYPE_INT64 = 5
 } nlcore_dtype_t;
 
 /* Short fixed name of a status code ("NLCORE_STATUS_SUCCESS", ...). Never NULL. */
