@@ -312,7 +312,7 @@ std::vector<at::Tensor> dgd_backward(const DgdInputs& in, const at::Tensor& d_o,
     const at::Tensor dKK = dL * aG;
     const at::Tensor cdU = r.c.unsqueeze(-1) * dU;
 
-    at::Tensor dQc = dOq.matmul(S0s.transpose(-1, -2)) * s + mm(p, dQK, ch.K, false, true);
+    at::Tensor dQc = mm(p, dOq, S0s.transpose(-1, -2)) * s + mm(p, dQK, ch.K, false, true);
     at::Tensor dKc = mm(p, dQK.transpose(-1, -2), ch.Q, false, true) +
                      mm(p, dKK + dKK.transpose(-1, -2), ch.K, false, true) +
                      r.d.unsqueeze(-1) * mm(p, W, dSe.transpose(-1, -2)) -

@@ -4,8 +4,8 @@
 #include <cstdlib>
 #include <cmath>
 
-#include "cpu/dgd.h"
 #include "torch/checks.h"
+#include "torch/dgd.h"
 
 namespace nlcore::glue {
 namespace {

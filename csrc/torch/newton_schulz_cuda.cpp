@@ -6,28 +6,11 @@
 
 #include "nlcore/newton_schulz.h"
 #include "torch/checks.h"
+#include "torch/cuda_status.h"
 #include "torch/newton_schulz.h"
 
 namespace nlcore::glue {
 namespace {
-
-nlcore_dtype_t to_nlcore(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return NLCORE_DTYPE_FLOAT32;
-    case at::kBFloat16: return NLCORE_DTYPE_BFLOAT16;
-    case at::kHalf: return NLCORE_DTYPE_FLOAT16;
-    default: return NLCORE_DTYPE_FLOAT64;
-  }
-}
-
-void throw_status(nlcore_status_t st, const char* what) {
-  const char* msg = nlcore_last_error_message();
-  if (st == NLCORE_STATUS_INVALID_VALUE)
-    TORCH_CHECK_VALUE(false, what, ": ", msg);
-  if (st == NLCORE_STATUS_NOT_SUPPORTED)
-    TORCH_CHECK_NOT_IMPLEMENTED(false, what, ": ", msg);
-  TORCH_CHECK(false, what, ": ", nlcore_status_string(st), ": ", msg);
-}
 
 at::Tensor newton_schulz_cuda(const at::Tensor& G, at::ArrayRef<double> coefficients, double eps,
                               double norm_scale, bool norm_additive,
@@ -50,8 +33,8 @@ at::Tensor newton_schulz_cuda(const at::Tensor& G, at::ArrayRef<double> coeffici
   p.rows = G.size(-2);
   p.cols = G.size(-1);
   p.batch = G.numel() / (p.rows * p.cols);
-  p.io_dtype = to_nlcore(G.scalar_type());
-  p.compute_dtype = to_nlcore(compute_dtype);
+  p.io_dtype = to_nlcore_dtype(G.scalar_type());
+  p.compute_dtype = to_nlcore_dtype(compute_dtype);
   p.steps = static_cast<int32_t>(steps);
   p.coefficients = coef.data();
   p.eps = static_cast<float>(eps);
@@ -61,12 +44,12 @@ at::Tensor newton_schulz_cuda(const at::Tensor& G, at::ArrayRef<double> coeffici
 
   size_t ws_bytes = 0;
   nlcore_status_t st = nlcore_newton_schulz_workspace_size(&p, &ws_bytes);
-  if (st != NLCORE_STATUS_SUCCESS) throw_status(st, "newton_schulz");
+  check_status(st, "newton_schulz");
   at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes > 0 ? ws_bytes : 1)},
                             G.options().dtype(at::kByte));
   st = nlcore_newton_schulz_forward(&p, Gc.data_ptr(), O.data_ptr(), ws.data_ptr(), ws_bytes,
                                     c10::cuda::getCurrentCUDAStream(G.device().index()).stream());
-  if (st != NLCORE_STATUS_SUCCESS) throw_status(st, "newton_schulz");
+  check_status(st, "newton_schulz");
   return O;
 }
 
