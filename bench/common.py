@@ -11,7 +11,7 @@ matrix product: bf16 on CUDA; on the CPU the faster of fp32 and bf16).
 Row fields (see bench/results/README.md for the whole record):
     op, impl, mode, shape, dtype, device, ms (median), ms_q25, ms_q75, reps, sets,
     flops, bytes, tflops, gbps, roofline_ms, bound, roofline_frac, speedup_vs_ref, ref_impl,
-    rel_err_vs_ref, params, experimental, error.
+    rel_err_vs_ref, peak_mb, params, experimental, error.
 """
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class Config:
     quick: bool = False
     modes: Tuple[str, ...] = ("fwd",)          # "fwd" and/or "fwdbwd"
     dtypes: Tuple[torch.dtype, ...] = (torch.float32,)
+    dtypes_explicit: bool = False              # dtypes asked for (else an op may pick its own)
     compile: bool = True                       # include torch.compile'd references
     experimental: bool = True                  # include the ops' experimental kernels (CUDA)
     full: bool = False                         # GPU-size problems on the CPU too
@@ -316,8 +317,9 @@ def rotation_count(cfg: Config, set_bytes: int) -> int:
 class Task:
     """One implementation of one problem in one mode.
 
-    make_sets() builds the rotating input sets (tuples of fn's arguments); fn returns one
-    tensor, compared against the reference impl's on the first set (rel_err_vs_ref).
+    make_sets() builds the rotating input sets (tuples of fn's arguments); fn returns a
+    tensor (or a tuple/list of tensors, e.g. several gradients), compared against the
+    reference impl's on the first set (rel_err_vs_ref).
     """
 
     op: str
@@ -352,14 +354,53 @@ def dtype_str(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> Optional[float]:
+def _tensors(out: Any) -> List[torch.Tensor]:
+    """fn's result as a list of tensors (one tensor, or a tuple/list of them; None dropped)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for t in out if t is not None]
+
+
+def _to_cpu(out: Any) -> List[torch.Tensor]:
+    return [t.detach().to("cpu") for t in _tensors(out)]
+
+
+def _rel_err(out: Sequence[torch.Tensor], ref: Sequence[torch.Tensor]) -> Optional[float]:
+    """‖out − ref‖ / ‖ref‖ over all the tensors together (as if concatenated)."""
     try:
-        a, b = out.detach().double(), ref.detach().double()
-        den = torch.linalg.vector_norm(b).item()
-        num = torch.linalg.vector_norm(a - b).item()
+        if len(out) != len(ref):
+            return None
+        num = den = 0.0
+        for a, b in zip(out, ref):
+            a, b = a.detach().double(), b.detach().double()
+            den += torch.linalg.vector_norm(b).item() ** 2
+            num += torch.linalg.vector_norm(a - b).item() ** 2
+        num, den = math.sqrt(num), math.sqrt(den)
         return num / den if den > 0 else num
     except Exception:
         return None
+
+
+def _set_bytes(args: Sequence[Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in args if isinstance(t, torch.Tensor))
+
+
+def peak_memory_mb(fn: Callable, args: Sequence[Any], cfg: Config) -> Optional[float]:
+    """Peak device memory of one call of fn(*args), in MiB: the input set's tensors plus the
+    most the call allocated above what was live before it (temporaries, outputs, saved
+    activations and gradients). CUDA only (the caching allocator keeps the count); None on
+    the CPU, where torch's allocations are not tracked cheaply."""
+    if not cfg.is_cuda:
+        return None
+    dev = cfg.device
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    out = fn(*args)
+    torch.cuda.synchronize(dev)
+    extra = torch.cuda.max_memory_allocated(dev) - base
+    del out
+    return (extra + _set_bytes(args)) / 2**20
 
 
 def _short(exc: BaseException) -> str:
@@ -433,17 +474,19 @@ def _run_one(task: Task, cfg: Config, ceilings: Ceilings, ref_out: Dict, skip: O
     sets = None
     try:
         sets = task.make_sets()
-        out = task.fn(*sets[0])
+        out = _to_cpu(task.fn(*sets[0]))
         _synchronize(cfg.device)
         if task.impl == task.ref_impl:
-            ref_out[task.problem] = out.detach().to("cpu")
+            ref_out[task.problem] = out
             err = 0.0
         else:
             ref = ref_out.get(task.problem)
-            err = None if ref is None else _rel_err(out.to("cpu"), ref)
+            err = None if ref is None else _rel_err(out, ref)
         del out
         timing = _time_calls(task.fn, sets, cfg)
-        return _row(task, cfg, ceilings, timing=timing, sets=len(sets), rel_err=err)
+        peak = peak_memory_mb(task.fn, sets[0], cfg)  # one call beyond the warm-up
+        return _row(task, cfg, ceilings, timing=timing, sets=len(sets), rel_err=err,
+                    peak_mb=peak)
     except Exception as exc:  # one failing impl must not end the run
         return _row(task, cfg, ceilings, error=_short(exc))
     finally:
@@ -457,7 +500,7 @@ def _run_one(task: Task, cfg: Config, ceilings: Ceilings, ref_out: Dict, skip: O
 
 def _row(task: Task, cfg: Config, ceilings: Ceilings, timing: Optional[Timing] = None,
          sets: Optional[int] = None, rel_err: Optional[float] = None,
-         error: Optional[str] = None) -> Dict[str, Any]:
+         error: Optional[str] = None, peak_mb: Optional[float] = None) -> Dict[str, Any]:
     roof_ms, bound = ceilings.roofline_ms(task.flops, task.nbytes)
     row: Dict[str, Any] = {
         "op": task.op, "impl": task.impl, "mode": task.mode,
@@ -466,7 +509,8 @@ def _row(task: Task, cfg: Config, ceilings: Ceilings, timing: Optional[Timing] =
         "flops": task.flops, "bytes": task.nbytes, "tflops": None, "gbps": None,
         "roofline_ms": roof_ms, "bound": bound, "roofline_frac": None,
         "speedup_vs_ref": None, "ref_impl": task.ref_impl, "rel_err_vs_ref": rel_err,
-        "params": task.params, "experimental": task.experimental, "error": error,
+        "peak_mb": peak_mb, "params": task.params, "experimental": task.experimental,
+        "error": error,
     }
     if timing is not None:
         ms = timing.median
@@ -507,6 +551,7 @@ _COLUMNS = [  # (header, width, row -> text)
     ("vs ref", 7, lambda r: "" if r["speedup_vs_ref"] is None
      else f"{r['speedup_vs_ref']:.2f}x"),
     ("err", 8, lambda r: "" if r["rel_err_vs_ref"] is None else f"{r['rel_err_vs_ref']:.1e}"),
+    ("peakMB", 7, lambda r: _num(r.get("peak_mb"), 4)),
 ]
 
 

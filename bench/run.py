@@ -30,6 +30,7 @@ from bench import common  # noqa: E402
 # op name -> module with NAME and tasks(cfg)
 OPS: Dict[str, str] = {
     "newton_schulz": "bench.bench_newton_schulz",
+    "dgd": "bench.bench_dgd",
 }
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "out"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -87,6 +88,7 @@ def run_benchmarks(ops: Optional[Sequence[str]] = None, device: Optional[str] = 
     if compile is None:  # compiling takes ~20 s a graph on the CPU: not in a smoke run
         compile = not quick
     cfg = common.Config.for_device(dev, quick=quick, modes=tuple(modes), dtypes=dts,
+                                   dtypes_explicit=dtypes is not None,
                                    compile=compile, experimental=experimental, full=full,
                                    budget_ms=budget_ms, max_seconds=max_seconds, seed=seed,
                                    progress=progress,
@@ -129,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", default=None, help=f"comma list (default all: {','.join(OPS)})")
     p.add_argument("--modes", default=None,
                    help="fwd,fwdbwd (default both; fwd with --quick)")
-    p.add_argument("--dtypes", default=None, help="input dtypes, comma list (default float32)")
+    p.add_argument("--dtypes", default=None,
+                   help="input dtypes, comma list (default float32; dgd: bfloat16 on CUDA)")
     p.add_argument("--shapes", default=None,
-                   help="problem shapes replacing the op's list, e.g. 16x64x64,1x4096x4096")
+                   help="problem shapes replacing the op's list, e.g. 16x64x64,1x4096x4096 "
+                        "(newton_schulz: [batch]xMxN; dgd: BxTxHxKxV or BxTxHxD)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="include torch.compile'd references (default, except --quick)")
