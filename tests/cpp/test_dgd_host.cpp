@@ -15,22 +15,9 @@
 #include "dgd/kernel_set.h"
 #include "dgd/tiling.h"
 #include "nlcore/nlcore.h"
+#include "check.h"
 
 namespace {
-
-int g_pass = 0, g_fail = 0;
-
-#define CHECK(cond, ...)                                           \
-  do {                                                             \
-    if (cond) {                                                    \
-      ++g_pass;                                                    \
-    } else {                                                       \
-      ++g_fail;                                                    \
-      std::printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                    \
-      std::printf("\n");                                           \
-    }                                                              \
-  } while (0)
 
 using nlcore::dgd::Dims;
 using nlcore::dgd::Layout;
@@ -429,6 +416,5 @@ int main() {
   test_problem_validation();
   test_tensor_validation();
   test_layout_and_sizes();
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return nlcore_test::check_summary();
 }

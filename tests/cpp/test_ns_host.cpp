@@ -13,22 +13,9 @@
 
 #include "newton_schulz/tiling.cuh"
 #include "nlcore/nlcore.h"
+#include "check.h"
 
 namespace {
-
-int g_pass = 0, g_fail = 0;
-
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (cond) {                                                       \
-      ++g_pass;                                                       \
-    } else {                                                          \
-      ++g_fail;                                                       \
-      std::printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond);    \
-      std::printf(__VA_ARGS__);                                       \
-      std::printf("\n");                                              \
-    }                                                                 \
-  } while (0)
 
 const float kMuon[3] = {3.4445f, -4.7750f, 2.0315f};
 std::vector<float> g_coef;
@@ -400,7 +387,7 @@ void test_tiling() {
     for (int i = 0; i < t && ok; ++i)
       for (int j = 0; j < t; ++j) ok &= seen[static_cast<size_t>(i) * t + j] == (i <= j ? 1 : 0);
     if (!ok) CHECK(ok, "upper_tile_coords t=%d", t);
-    else ++g_pass;
+    else ++nlcore_test::g_pass;
   }
   {
     bool ok = true;
@@ -521,7 +508,7 @@ void test_tiling() {
                     L.total >= L.off_partials + b * L.chunks * sizeof(float) && L.chunks >= 1 &&
                     L.chunks <= kNormMaxChunks;
           if (!ok) CHECK(ok, "layout b=%lld m=%lld n=%lld e=%zu", (long long)b, (long long)m, (long long)n, e);
-          else ++g_pass;
+          else ++nlcore_test::g_pass;
         }
 }
 
@@ -533,6 +520,5 @@ int main() {
   test_forward_pointers();
   test_paths_and_workspace();
   test_tiling();
-  std::printf("%d passed, %d failed\n", g_pass, g_fail);
-  return g_fail == 0 ? 0 : 1;
+  return nlcore_test::check_summary();
 }
