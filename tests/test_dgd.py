@@ -285,6 +285,28 @@ def test_final_state_gradient_chains_pieces():
         assert rel_err(leaves[n].grad, full[n]) < 1e-10, n
 
 
+def test_decoding_token_by_token_equals_full_sequence():
+    """T = 1 steps with the state carried (the decoding path) equal one full call."""
+    x = make_inputs(B=2, T=40, H=2, HV=4, K=16, V=8)
+    o_full, s_full = run(dgd, x, read="before")
+    S = x["initial_state"]
+    for t in range(40):
+        step = {n: (S if n == "initial_state" else v[:, t:t + 1]) for n, v in x.items()}
+        o_t, S = run(dgd, step, read="before")
+        assert rel_err(o_t, o_full[:, t:t + 1]) < 1e-5
+    assert rel_err(S, s_full) < 1e-5
+
+
+def test_autocast_casts_qkv_to_one_dtype():
+    x = make_inputs(B=1, T=20, H=2, K=16, V=16)
+    k16 = x["k"].to(torch.bfloat16)  # e.g. the output of a bf16 projection beside an fp32 q
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, s = dgd(x["q"], k16, x["v"], x["beta"], g=x["g"], output_final_state=True)
+    assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
+    ref, _ = dgd(x["q"].bfloat16(), k16, x["v"].bfloat16(), x["beta"], g=x["g"])
+    assert torch.equal(o, ref)
+
+
 # ------------------------------------------------------------------------------ op machinery --
 def test_opcheck(monkeypatch):
     x = make_inputs(B=1, T=9, H=1, HV=2, K=4, V=4, requires_grad=True)

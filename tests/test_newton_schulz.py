@@ -268,3 +268,12 @@ def test_bad_input_through_raw_op():
 
 def test_cuda_kernels_flag_is_boolean():
     assert isinstance(nlcore.cuda_kernels_available(), bool)
+
+
+def test_autocast_does_not_change_the_kernels_precision():
+    """Inside the op, ATen calls are not autocast: fp32 compute stays fp32 under autocast."""
+    G = torch.randn(3, 24, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = newton_schulz(G, 5, "muon", compute_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    assert rel_err(out, ref_ns(G.double(), 5, "muon")) <= 1e-4

@@ -188,13 +188,15 @@ std::vector<Group> groups(const DgdInputs& in, const Layout& L) {
 Chunks chunks_of(const Layout& L, const Group& gr, int64_t C) {
   Chunks ch;
   ch.T = gr.t1 - gr.t0;
-  ch.C = C;
-  ch.NC = std::max<int64_t>(1, (ch.T + C - 1) / C);
+  // A sequence shorter than a chunk is one chunk of its own length: decoding (T = 1) costs
+  // one rank-1 step, the recurrent form, instead of a padded chunk.
+  ch.C = std::max<int64_t>(1, std::min(C, ch.T));
+  ch.NC = std::max<int64_t>(1, (ch.T + ch.C - 1) / ch.C);
   auto take = [&](const at::Tensor& x) {  // [B, HV, T(, D)] -> [nb*HV, T_g(, D)] -> chunked
     at::Tensor y = x.narrow(0, gr.b0, gr.nb).narrow(2, gr.t0, ch.T);
     std::vector<int64_t> shape = {gr.nb * L.HV, ch.T};
     if (y.dim() == 4) shape.push_back(y.size(3));
-    return pad_chunk(y.reshape(shape), ch.NC, C);
+    return pad_chunk(y.reshape(shape), ch.NC, ch.C);
   };
   ch.Q = take(L.q);
   ch.K = take(L.k);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 
 #include <string>
@@ -14,5 +15,11 @@ inline bool is_sequence_dtype(at::ScalarType t) {
 }
 
 inline std::string dtype_name(at::ScalarType t) { return c10::toString(t); }
+
+// Inside an op's kernel the ATen calls must not be autocast (an fp32 GEMM the precision
+// contract asks for would silently become bf16): exclude the autocast keys while it runs.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 }  // namespace nlcore::glue

@@ -105,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor> dgd_cpu(const at::Tensor& q, const at::Tensor
                                            const std::optional<at::Tensor>& initial_state,
                                            const std::optional<at::Tensor>& cu_seqlens,
                                            double scale, bool read_before, int64_t chunk_size) {
+  NoAutocast no_autocast;  // our kernels pick their own precision
   auto in = check_dgd_args(q, k, v, beta, g, erase, initial_state, cu_seqlens, scale, chunk_size);
   return cpu::dgd_forward(in, cpu::DgdArgs{scale, read_before, chunk_size});
 }
@@ -117,6 +118,7 @@ dgd_backward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const std::optional<at::Tensor>& cu_seqlens, const at::Tensor& grad_o,
                  const std::optional<at::Tensor>& grad_final_state, double scale, bool read_before,
                  int64_t chunk_size) {
+  NoAutocast no_autocast;  // our kernels pick their own precision
   auto in = check_dgd_args(q, k, v, beta, g, erase, initial_state, cu_seqlens, scale, chunk_size);
   TORCH_CHECK_VALUE(grad_o.sizes() == v.sizes(), "dgd_backward: grad_o must have v's shape ",
                     v.sizes(), ", got ", grad_o.sizes());

@@ -42,6 +42,7 @@ at::Tensor newton_schulz_cpu(const at::Tensor& G, at::ArrayRef<double> coefficie
                              at::ScalarType compute_dtype, int64_t flags) {
   auto args = check_newton_schulz_args(G, coefficients, eps, norm_scale, norm_additive,
                                        compute_dtype);
+  NoAutocast no_autocast;  // our kernels pick their own precision
   return cpu::newton_schulz_forward(G, args);
 }
 
@@ -55,6 +56,7 @@ at::Tensor newton_schulz_backward_any(const at::Tensor& grad, const at::Tensor& 
                     grad.sizes(), " but G has shape ", G.sizes());
   TORCH_CHECK_VALUE(grad.device() == G.device(), "newton_schulz_backward: grad is on ",
                     grad.device(), " but G is on ", G.device());
+  NoAutocast no_autocast;  // our kernels pick their own precision
   return cpu::newton_schulz_backward(grad, G, args);
 }
 

@@ -60,6 +60,10 @@ def dgd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
         raise ValueError(f"dgd: read must be 'after' or 'before', got {read!r}")
     if q.dim() != 4:
         raise ValueError(f"dgd: q must be [B, T, H, K], got shape {tuple(q.shape)}")
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):  # one sequence dtype under autocast (DESIGN §2)
+        dt = torch.get_autocast_dtype(dev)
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
