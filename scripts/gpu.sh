@@ -257,7 +257,7 @@ stage_sanitize() {
     local envs=()
     [ $tool = memcheck ] && envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
     env "${envs[@]}" timeout "$per" "$cs" --tool "$tool" --error-exitcode 3 "${filter[@]}" \
-      "$PY" bench/sanitize_newton_schulz.py --device "$DEV" >"$tlog" 2>&1
+      "$PY" bench/sanitize_all.py --device "$DEV" >"$tlog" 2>&1
     rc=$?
     cat "$tlog" >>"$log"
     grep -E "SUMMARY|cases done|CUDA-ERROR|ERROR  " "$tlog" | tail -n 8
