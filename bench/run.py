@@ -31,6 +31,7 @@ from bench import common  # noqa: E402
 OPS: Dict[str, str] = {
     "newton_schulz": "bench.bench_newton_schulz",
     "dgd": "bench.bench_dgd",
+    "m3": "bench.bench_m3",
 }
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "out"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,

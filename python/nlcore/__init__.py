@@ -3,10 +3,11 @@ import torch  # noqa: F401  (loads libtorch before our extension, which links ag
 
 from . import _C  # noqa: F401  (registers torch.ops.nlcore.*)
 from . import ops, reference
+from . import optim
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "reference", "cuda_kernels_available"]
+__all__ = ["ops", "optim", "reference", "cuda_kernels_available"]
 
 
 def cuda_kernels_available() -> bool:
