@@ -9,16 +9,14 @@ import torch
 from nlcore.ops import dgd, gated_delta_rule
 from nlcore.reference import dgd as ref_dgd
 
-from conftest import rel_err
+from conftest import poison_cuda_cache, rel_err
 from test_dgd import LOW, as64, contract_bound, grads_of, make_inputs, run
 
 pytestmark = pytest.mark.cuda
 NAMES = ("q", "k", "v", "beta", "g", "erase", "initial_state")
 
 
-def _poison(mb=64):
-    blocks = [torch.full((mb * 2**20 // 4,), float("nan"), device="cuda") for _ in range(4)]
-    del blocks
+_poison = poison_cuda_cache
 
 
 def to_cuda(x):

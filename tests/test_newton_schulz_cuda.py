@@ -9,15 +9,13 @@ import nlcore
 from nlcore.ops import newton_schulz
 from nlcore.reference import newton_schulz as ref_ns
 
-from conftest import rel_err
+from conftest import poison_cuda_cache, rel_err
 
 pytestmark = pytest.mark.cuda
 LOW = (torch.bfloat16, torch.float16)
 
 
-def _poison(mb=64):
-    blocks = [torch.full((mb * 2**20 // 4,), float("nan"), device="cuda") for _ in range(4)]
-    del blocks  # the caching allocator hands these NaN-filled blocks out next
+_poison = poison_cuda_cache
 
 
 def _contract_bound(G, steps, coefficients, compute_dtype):
