@@ -372,7 +372,6 @@ def test_adamw_part_equals_torch_adamw(foreach, explicit):
     (dict(ns_eps=-1.0), "ns_eps"), (dict(adamw_lr=-1.0), "adamw_lr"),
     (dict(adamw_betas=(0.9, 1.0)), "adamw_betas"), (dict(adamw_eps=-1.0), "adamw_eps"),
     (dict(alpha=float("nan")), "alpha"), (dict(foreach=True, fused=True), "fused"),
-    (dict(fused=True), "fused"),
 ])
 def test_bad_arguments(kw, name):
     with pytest.raises((ValueError, TypeError), match=name):

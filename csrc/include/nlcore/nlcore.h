@@ -4,4 +4,5 @@
 #include "nlcore/status.h"
 #include "nlcore/newton_schulz.h"
 #include "nlcore/dgd.h"
+#include "nlcore/m3.h"
 #endif /* NLCORE_NLCORE_H_ */

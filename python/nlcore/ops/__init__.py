@@ -1,4 +1,5 @@
 """nlcore ops: Python entry points of the custom torch ops (torch.ops.nlcore.*)."""
+from . import m3 as _m3  # noqa: F401  (register_fake of the M3 ops)
 from .dgd import dgd, gated_delta_rule
 from .newton_schulz import newton_schulz
 

@@ -17,8 +17,9 @@ without touching the rest:
    new slow update O2 is stored.
 
 `foreach=True/None` does the elementwise parts with `torch._foreach_*` ops, `foreach=False`
-with a per-tensor loop (identical results). `fused=True` is reserved for the CUDA
-multi-tensor kernel and raises NotImplementedError until it exists.
+with a per-tensor loop (identical results). `fused=True` (muon variant) does them with the two
+multi-tensor ops `nlcore::m3_muon_pre_` / `nlcore::m3_muon_post_` (one CUDA kernel launch per
+chunk of parameters; ATen on CPU); the paper variant has no fused form (NotImplementedError).
 
 Distributed:
     * DDP: nothing special; parameters and gradients are replicated and every rank
@@ -189,7 +190,9 @@ class M3(Optimizer):
             math is torch.optim.AdamW's (its functional implementation is called).
         foreach: elementwise parts with torch._foreach_* ops (True/None) or a per-tensor
             loop (False).
-        fused: reserved for the CUDA multi-tensor kernel; True raises NotImplementedError.
+        fused: True: the muon variant's elementwise step by the multi-tensor ops
+            ``nlcore::m3_muon_pre_`` / ``m3_muon_post_`` (CUDA kernel, ATen on CPU); the
+            paper variant raises NotImplementedError. AdamW groups pass it to torch's AdamW.
 
     The muon variant, per matrix parameter θ with gradient g at step t::
 
@@ -270,12 +273,14 @@ class M3(Optimizer):
 
     @staticmethod
     def _check_fused(group: Dict[str, Any]) -> None:
-        devices = {p.device.type for p in group["params"]}
-        if devices == {"cuda"}:
+        if group["variant"] == "paper":
             raise NotImplementedError(
-                "M3: fused=True (the CUDA multi-tensor kernel for the elementwise step) is not "
-                "implemented yet; use fused=None or foreach=True (torch._foreach_* ops)")
-        raise ValueError(f"M3: fused=True needs CUDA parameters, got devices {sorted(devices)}")
+                "M3: fused=True is implemented for variant='muon' only (the paper variant's "
+                "elementwise step has no fused kernel); use fused=None or foreach=True")
+        devices = {p.device.type for p in group["params"]}
+        if not devices <= {"cpu", "cuda"}:
+            raise ValueError(f"M3: fused=True needs CPU or CUDA parameters, got devices "
+                             f"{sorted(devices)}")
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -353,8 +358,9 @@ class M3(Optimizer):
         return state
 
     def _m3_prepare(self, group: Dict[str, Any], jobs: list) -> Optional[Dict[str, Any]]:
-        if group["fused"]:
-            self._check_fused(group)  # the fused kernel slots in here
+        fused = bool(group["fused"])
+        if fused:
+            self._check_fused(group)
         paper = group["variant"] == "paper"
         ps, gs, m1, v, m2, s, o2, due = [], [], [], [], [], [], [], []
         f = group["slow_every"]
@@ -378,6 +384,9 @@ class M3(Optimizer):
         b1, b2, b3 = (float(b) for b in group["betas"])
         foreach = group["foreach"] is not False
         d = [i for i, x in enumerate(due) if x]
+        if fused:  # muon variant (checked above): M1, S and the NS input in one op
+            fast = [torch.empty_like(x) for x in m1]
+            torch.ops.nlcore.m3_muon_pre_(m1, s, fast, gs, b1, bool(group["nesterov"]))
         m2d, sd = [m2[i] for i in d], [s[i] for i in d]
         if paper:
             fast = m1
@@ -396,6 +405,10 @@ class M3(Optimizer):
                 for i in d:
                     m2[i].add_(s[i], alpha=b3)
                     s[i].zero_()
+        elif fused:
+            if d:
+                torch._foreach_lerp_(m2d, sd, 1 - b3)
+                torch._foreach_zero_(sd)
         else:
             if foreach:
                 torch._foreach_lerp_(m1, gs, 1 - b1)
@@ -424,7 +437,7 @@ class M3(Optimizer):
             slow_idx[i] = len(jobs)
             jobs.append((ps[i], m2[i], key))
         return dict(group=group, params=ps, v=v, o2=o2, fast_idx=fast_idx, slow_idx=slow_idx,
-                    paper=paper, foreach=foreach)
+                    paper=paper, foreach=foreach, fused=fused)
 
     def _m3_apply(self, plan: Dict[str, Any], outs: List[Tensor]) -> None:
         g = plan["group"]
@@ -434,6 +447,12 @@ class M3(Optimizer):
         o2 = plan["o2"]
         lr, wd, alpha = float(g["lr"]), float(g["weight_decay"]), float(g["alpha"])
         foreach = plan["foreach"]
+        if plan["fused"]:  # muon variant: decay and update in one op
+            lrs = [adjusted_lr(lr, g["adjust_lr_fn"], p.shape) for p in ps]
+            torch.ops.nlcore.m3_muon_post_(pl, upd, o2, lrs, 1 - lr * wd, alpha)
+            for i, j in plan["slow_idx"].items():
+                o2[i].copy_(outs[j])
+            return
         if foreach:
             if wd != 0:
                 torch._foreach_mul_(pl, 1 - lr * wd)
