@@ -18,17 +18,7 @@ namespace {
 
 using detail::fail;
 
-const char* dtype_name(int d) {
-  switch (d) {
-    case NLCORE_DTYPE_FLOAT32: return "FLOAT32";
-    case NLCORE_DTYPE_BFLOAT16: return "BFLOAT16";
-    case NLCORE_DTYPE_FLOAT16: return "FLOAT16";
-    case NLCORE_DTYPE_FLOAT64: return "FLOAT64";
-    case NLCORE_DTYPE_INT32: return "INT32";
-    case NLCORE_DTYPE_INT64: return "INT64";
-  }
-  return "unknown";
-}
+using detail::dtype_name;
 size_t dtype_bytes(int d) { return d == NLCORE_DTYPE_FLOAT32 ? 4 : 2; }
 
 struct Plan {

@@ -15,17 +15,7 @@ namespace {
 
 using detail::fail;
 
-const char* dtype_name(int d) {
-  switch (d) {
-    case NLCORE_DTYPE_FLOAT32: return "FLOAT32";
-    case NLCORE_DTYPE_BFLOAT16: return "BFLOAT16";
-    case NLCORE_DTYPE_FLOAT16: return "FLOAT16";
-    case NLCORE_DTYPE_FLOAT64: return "FLOAT64";
-    case NLCORE_DTYPE_INT32: return "INT32";
-    case NLCORE_DTYPE_INT64: return "INT64";
-  }
-  return "unknown";
-}
+using detail::dtype_name;
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

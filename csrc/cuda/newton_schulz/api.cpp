@@ -39,15 +39,7 @@ constexpr int kPathSmall = 0;
 constexpr int kPathGeneral = 1;
 constexpr int kPathCluster = 2;
 
-const char* dtype_name(int d) {
-  switch (d) {
-    case NLCORE_DTYPE_FLOAT32: return "FLOAT32";
-    case NLCORE_DTYPE_BFLOAT16: return "BFLOAT16";
-    case NLCORE_DTYPE_FLOAT16: return "FLOAT16";
-    case NLCORE_DTYPE_FLOAT64: return "FLOAT64";
-  }
-  return "unknown";
-}
+using detail::dtype_name;
 size_t dtype_bytes(int d) { return d == NLCORE_DTYPE_FLOAT32 ? 4 : 2; }
 
 nlcore_status_t runtime_status(cudaError_t e, const char* what) {
