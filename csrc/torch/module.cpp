@@ -7,12 +7,14 @@ namespace nlcore::glue {
 void define_newton_schulz(torch::Library& m);
 void define_dgd(torch::Library& m);
 void define_m3(torch::Library& m);
+void define_memory_mlp(torch::Library& m);
 }
 
 TORCH_LIBRARY(nlcore, m) {
   nlcore::glue::define_newton_schulz(m);
   nlcore::glue::define_dgd(m);
   nlcore::glue::define_m3(m);
+  nlcore::glue::define_memory_mlp(m);
 }
 
 extern "C" {

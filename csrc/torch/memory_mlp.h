@@ -1,0 +1,30 @@
+// Torch glue for nlcore::memory_mlp_scan: argument checks and parsing shared by the CPU and
+// CUDA impls.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "cpu/memory_mlp.h"
+
+namespace nlcore::glue {
+
+// Validates shapes, dtypes, devices, flags and (CPU tensors, or NLCORE_DEBUG=1) cu_seqlens
+// and n values; throws c10::ValueError / c10::TypeError naming the argument.
+cpu::MlpScanInputs check_memory_mlp_args(
+    const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& eta,
+    const std::optional<at::Tensor>& g, const at::Tensor& w_in, const at::Tensor& w_out,
+    const std::optional<at::Tensor>& p_in, const std::optional<at::Tensor>& p_out,
+    const std::optional<at::Tensor>& acc_in, const std::optional<at::Tensor>& acc_out,
+    const std::optional<at::Tensor>& acc_g, const std::optional<at::Tensor>& n,
+    const std::optional<at::Tensor>& cu_seqlens);
+
+// Parses and checks the scalar arguments ("silu"/"gelu", "l2"/"dot", chunk_size >= 1, ...).
+cpu::MlpScanArgs parse_memory_mlp_args(int64_t chunk_size, double momentum,
+                                       const std::string& activation, bool residual,
+                                       const std::string& objective, bool self_target,
+                                       bool dgd_erase, int64_t checkpoint_every);
+
+}  // namespace nlcore::glue
