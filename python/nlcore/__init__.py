@@ -3,11 +3,12 @@ import torch  # noqa: F401  (loads libtorch before our extension, which links ag
 
 from . import _C  # noqa: F401  (registers torch.ops.nlcore.*)
 from . import ops, reference
+from ._state import MLPMemoryState
 from . import optim
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "optim", "reference", "cuda_kernels_available"]
+__all__ = ["MLPMemoryState", "ops", "optim", "reference", "cuda_kernels_available"]
 
 
 def cuda_kernels_available() -> bool:

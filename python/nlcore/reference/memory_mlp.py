@@ -62,10 +62,13 @@ class _Mem:
 
 def scan_rows(X, K, V, ETA, Gs, st: Sequence[torch.Tensor], n0: int, chunk_size: int,
               momentum: float, activation: str, residual: bool, objective: str,
-              self_target: bool, dgd_erase: bool, emulate: Optional[torch.dtype]):
+              self_target: bool, dgd_erase: bool, emulate: Optional[torch.dtype],
+              first_order: bool = False):
     """Rows that share one chunk grid: X, K, V `[R, H, T, D]`, ETA, Gs `[R, H, T]` in the work
     dtype; st = (w1, w2, p1, p2, a1, a2, ag) with a leading R; n0 = tokens of the open chunk
-    carried in. Returns (Y `[R, H, T, D]`, state tuple, n)."""
+    carried in. first_order=True detaches the inner gradient G (the first-order approximation;
+    the tests use it to show the second-order terms matter). Returns (Y `[R, H, T, D]`, state
+    tuple, n)."""
     w1, w2, p1, p2, a1, a2, ag = st
     T = X.shape[2]
     ys: List[torch.Tensor] = []
@@ -84,8 +87,12 @@ def scan_rows(X, K, V, ETA, Gs, st: Sequence[torch.Tensor], n0: int, chunk_size:
         Q1 = dH * mem.mm(Eeta, w2)
         if dgd_erase:                                            # W1 Kᵀ diag(η) K = (ηZ)ᵀ K
             Q1 = Q1 + eta * Z
-        a1 = a1 + mem.mm(Q1.transpose(-1, -2), Kc)
-        a2 = a2 + mem.mm(Eeta.transpose(-1, -2), H)
+        G1 = mem.mm(Q1.transpose(-1, -2), Kc)
+        G2 = mem.mm(Eeta.transpose(-1, -2), H)
+        if first_order:
+            G1, G2 = G1.detach(), G2.detach()
+        a1 = a1 + G1
+        a2 = a2 + G2
         ag = ag + Gs[:, :, s:e].sum(-1)
         n += e - s
         if n == chunk_size:                                      # the chunk completes
@@ -108,12 +115,13 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
                     self_target: bool = False, dgd_erase: bool = True,
                     initial_state: Optional[Sequence[torch.Tensor]] = None,
                     output_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
-                    emulate: Optional[torch.dtype] = None
+                    emulate: Optional[torch.dtype] = None, first_order: bool = False
                     ) -> Tuple[torch.Tensor, Optional[MLPMemoryState]]:
     """DESIGN §3.2, chunk by chunk (see `nlcore.ops.memory_mlp_scan` for the arguments).
     emulate=None computes in the inputs' promoted dtype (float64 inputs give the truth);
     emulate=<bf16|fp16> rounds every GEMM operand (weights included) to that dtype and
-    accumulates in fp32, the kernels' precision contract. Differentiable."""
+    accumulates in fp32, the kernels' precision contract. Differentiable (first_order=True:
+    with the inner gradient detached, for tests only)."""
     check_flags(chunk_size, activation, objective)
     B, T, Hh, D = x.shape
     if initial_state is not None:
@@ -146,7 +154,7 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
     gz = torch.zeros_like(eta) if g is None else g
     flags = dict(momentum=momentum, activation=activation, residual=residual,
                  objective=objective, self_target=self_target, dgd_erase=dgd_erase,
-                 emulate=emulate)
+                 emulate=emulate, first_order=first_order)
     # One batched pass when every row shares the chunk grid, else one sequence at a time.
     if cu_seqlens is None and len(set(n_list)) <= 1:
         groups = [(list(range(B)), 0, T)]
