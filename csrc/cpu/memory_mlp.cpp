@@ -33,10 +33,9 @@ Act activate(const at::Tensor& z, MlpActivation a, bool second) {
   Act r;
   if (a == MlpActivation::kSilu) {
     const at::Tensor s = at::sigmoid(z);
-    const at::Tensor one_s = 1 - s;
     r.h = z * s;
-    r.dh = s * (1 + z * one_s);
-    if (second) r.d2h = s * one_s * (2 + z * (1 - 2 * s));
+    r.dh = at::addcmul(s + r.h, r.h, s, -1);  // s (1 + z (1 − s)) = s + h − h s
+    if (second) r.d2h = (s - s * s) * (2 + z - 2 * r.h);
   } else {
     const at::Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
     const at::Tensor pdf = at::exp(-0.5 * z * z) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
@@ -48,7 +47,8 @@ Act activate(const at::Tensor& z, MlpActivation a, bool second) {
 }
 
 // Weights, momentum buffers and open-chunk accumulators of R rows ([R, H, ...]); tensors are
-// replaced, never mutated, so copies of a State are cheap snapshots.
+// replaced, never mutated, so copies of a State are cheap snapshots. An undefined accumulator
+// is zero (a chunk start): at C = 1 the per-token op count is what costs.
 struct State {
   at::Tensor w1, w2, p1, p2, a1, a2, ag;
 };
@@ -111,7 +111,7 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
   f.Eeta = f.eta * f.E;
   f.Rr = mm(p, f.Eeta, st.w2);                                 // R = Eη W2   [len, F]
   f.Q1 = f.dHk * f.Rr;
-  if (a.dgd_erase) f.Q1 = f.Q1 + f.eta * f.Zk;                 // W1 Kᵀ diag(η) K = (ηZ)ᵀ K
+  if (a.dgd_erase) f.Q1 = at::addcmul(f.Q1, f.eta, f.Zk);      // W1 Kᵀ diag(η) K = (ηZ)ᵀ K
   f.gsum = rw.g.narrow(2, c.s, f.len).sum(-1);                 // [R, H]
   return f;
 }
@@ -120,18 +120,20 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
 State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
                    const Prec& p) {
   State n = st;
-  n.a1 = st.a1 + mm(p, tr(f.Q1), f.K, false, true);            // G1 = A1 + Q1ᵀ K
-  n.a2 = st.a2 + mm(p, tr(f.Eeta), f.Hk);                      // G2 = A2 + Eηᵀ H
-  n.ag = st.ag + f.gsum;
+  auto acc = [](const at::Tensor& a, const at::Tensor& b) { return a.defined() ? a + b : b; };
+  n.a1 = acc(st.a1, mm(p, tr(f.Q1), f.K, false, true));        // G1 = A1 + Q1ᵀ K
+  n.a2 = acc(st.a2, mm(p, tr(f.Eeta), f.Hk));                  // G2 = A2 + Eηᵀ H
+  n.ag = acc(st.ag, f.gsum);
   if (!c.complete) return n;
   const at::Tensor alpha = n.ag.exp().unsqueeze(-1).unsqueeze(-1);
-  n.p1 = a.momentum * st.p1 - n.a1;
-  n.p2 = a.momentum * st.p2 - n.a2;
-  n.w1 = alpha * st.w1 + n.p1;
-  n.w2 = alpha * st.w2 + n.p2;
-  n.a1 = at::zeros_like(st.a1);
-  n.a2 = at::zeros_like(st.a2);
-  n.ag = at::zeros_like(st.ag);
+  auto momentum = [&](const at::Tensor& P, const at::Tensor& G) {  // μ P − G
+    return a.momentum == 0.0 ? -G : at::sub(P * a.momentum, G);
+  };
+  n.p1 = momentum(st.p1, n.a1);
+  n.p2 = momentum(st.p2, n.a2);
+  n.w1 = at::addcmul(n.p1, alpha, st.w1);                      // ᾱ W + P
+  n.w2 = at::addcmul(n.p2, alpha, st.w2);
+  n.a1 = n.a2 = n.ag = at::Tensor();
   return n;
 }
 
@@ -220,9 +222,6 @@ State initial_state(const MlpScanInputs& in, const Layout& L, const Group& gr) {
   } else {
     s.p1 = at::zeros({R, L.H, L.F, L.D}, opt);
     s.p2 = at::zeros({R, L.H, L.D, L.F}, opt);
-    s.a1 = s.p1;
-    s.a2 = s.p2;
-    s.ag = at::zeros({R, L.H}, opt);
   }
   return s;
 }
@@ -279,7 +278,12 @@ std::vector<at::Tensor> memory_mlp_scan_forward(const MlpScanInputs& in, const M
     }
     const at::Tensor idx = at::tensor(gr.seqs, at::TensorOptions().dtype(at::kLong));
     const at::Tensor parts[7] = {st.w1, st.w2, st.p1, st.p2, st.a1, st.a2, st.ag};
-    for (int j = 0; j < 7; ++j) fin[j].index_copy_(0, idx, parts[j].contiguous());
+    for (int j = 0; j < 7; ++j) {
+      if (parts[j].defined())
+        fin[j].index_copy_(0, idx, parts[j].contiguous());
+      else
+        fin[j].index_fill_(0, idx, 0);
+    }
     n_out.index_fill_(0, idx, (gr.n0 + len) % a.chunk_size);
   }
   fin.insert(fin.begin(), y);
@@ -304,7 +308,7 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   Grad gs;
   at::Tensor dG1, dG2, dsum;
   if (c.complete) {
-    const at::Tensor alpha = (st.ag + f.gsum).exp();           // [R, H]
+    const at::Tensor alpha = (st.ag.defined() ? st.ag + f.gsum : f.gsum).exp();  // [R, H]
     const at::Tensor al = alpha.unsqueeze(-1).unsqueeze(-1);
     const at::Tensor t1 = gn.p1 + gn.w1, t2 = gn.p2 + gn.w2;
     dG1 = -t1;
@@ -427,22 +431,25 @@ std::vector<at::Tensor> memory_mlp_scan_backward(const MlpScanInputs& in, const 
       for (int64_t s = (nc - 1) / every; s >= 0; --s) {
         const int64_t j0 = s * every, j1 = std::min(nc, j0 + every);
         std::vector<State> states = {ckpt[s]};
-        for (int64_t j = j0; j + 1 < j1; ++j)
-          states.push_back(
-              chunk_update(states.back(), chunk_forward(rw, states.back(), grid[j], a, p),
-                           grid[j], a, p));
+        std::vector<Fwd> fwds;
+        for (int64_t j = j0; j < j1; ++j) {
+          fwds.push_back(chunk_forward(rw, states.back(), grid[j], a, p));
+          if (j + 1 < j1)
+            states.push_back(chunk_update(states.back(), fwds.back(), grid[j], a, p));
+        }
         for (int64_t j = j1 - 1; j >= j0; --j) {
           const Chunk& c = grid[j];
           const State& sj = states[j - j0];
-          const Fwd f = chunk_forward(rw, sj, c, a, p);
+          const Fwd& f = fwds[j - j0];
           const int64_t cl = c.e - c.s;
-          gn = chunk_backward(sj, f, c, gn, a, p, dYg.narrow(2, c.s, cl),
-                              dU.narrow(2, c.s, cl), dVg.narrow(2, c.s, cl), detag.narrow(2, c.s, cl), dgg.narrow(2, c.s, cl));
+          gn = chunk_backward(sj, f, c, gn, a, p, dYg.narrow(2, c.s, cl), dU.narrow(2, c.s, cl),
+                              dVg.narrow(2, c.s, cl), detag.narrow(2, c.s, cl),
+                              dgg.narrow(2, c.s, cl));
           if (j > 0) {  // accumulators carried into a later chunk are zero: no gradient
-            gn.a1 = at::Tensor();
-            gn.a2 = at::Tensor();
-            gn.ag = at::Tensor();
+            gn.a1 = gn.a2 = gn.ag = at::Tensor();
           }
+          fwds.pop_back();  // keep at most one segment's activations alive
+          states.pop_back();
         }
       }
       if (a.self_target) dVg = dVg + dU.select(3, kV);
