@@ -20,9 +20,14 @@ at::Tensor rnd(const Prec& p, const at::Tensor& t) {
   return p.round ? t.to(p.low).to(p.work) : t;
 }
 // GEMM with rounded operands (exact = the operand already holds input-dtype values).
+// [R, H, m, k] × [R, H, k, n] as one bmm over R·H (at::matmul's broadcasting bookkeeping
+// costs as much as the GEMM itself at C = 1).
 at::Tensor mm(const Prec& p, const at::Tensor& a, const at::Tensor& b, bool a_exact = false,
               bool b_exact = false) {
-  return at::matmul(a_exact ? a : rnd(p, a), b_exact ? b : rnd(p, b));
+  const at::Tensor A = a_exact ? a : rnd(p, a), B = b_exact ? b : rnd(p, b);
+  const int64_t R = A.size(0), H = A.size(1);
+  return at::bmm(A.reshape({R * H, A.size(2), A.size(3)}), B.reshape({R * H, B.size(2), B.size(3)}))
+      .view({R, H, A.size(2), B.size(3)});
 }
 at::Tensor tr(const at::Tensor& t) { return t.transpose(-1, -2); }
 
