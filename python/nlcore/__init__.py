@@ -5,10 +5,11 @@ from . import _C  # noqa: F401  (registers torch.ops.nlcore.*)
 from . import ops, reference
 from ._state import MLPMemoryState
 from . import optim
+from . import nn
 
 __version__ = "0.1.0"
 
-__all__ = ["MLPMemoryState", "ops", "optim", "reference", "cuda_kernels_available"]
+__all__ = ["MLPMemoryState", "nn", "ops", "optim", "reference", "cuda_kernels_available"]
 
 
 def cuda_kernels_available() -> bool:
