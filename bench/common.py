@@ -538,7 +538,7 @@ def _fill_speedups(rows: List[Dict[str, Any]]) -> None:
 _COLUMNS = [  # (header, width, row -> text)
     ("op", 14, lambda r: r["op"]),
     ("mode", 6, lambda r: r["mode"]),
-    ("shape", 16, lambda r: shape_str(r["shape"])),
+    ("shape", 22, lambda r: shape_str(r["shape"])),
     ("dtype", 8, lambda r: r["dtype"]),
     ("impl", 22, lambda r: r["impl"]),
     ("ms", 10, lambda r: _num(r["ms"], 4)),
@@ -610,7 +610,7 @@ def format_summary(rows: Sequence[Dict[str, Any]], ours: str = "nlcore") -> str:
     problems: Dict[Tuple, List[Dict[str, Any]]] = {}
     for r in rows:
         problems.setdefault((r["op"], r["mode"], tuple(r["shape"]), r["dtype"]), []).append(r)
-    head = (f"{'op':<14} {'mode':<6} {'shape':<16} {'dtype':<8} {'ref ms':>9} {ours + ' ms':>10}"
+    head = (f"{'op':<14} {'mode':<6} {'shape':<22} {'dtype':<8} {'ref ms':>9} {ours + ' ms':>10}"
             f" {'%roof':>6} {'vs ref':>7}  fastest other (ms, vs ref)")
     lines = [head, "-" * len(head)]
     for (op, mode, shape, dtype), rs in problems.items():
@@ -623,7 +623,7 @@ def format_summary(rows: Sequence[Dict[str, Any]], ours: str = "nlcore") -> str:
         speed = "" if not me or me["speedup_vs_ref"] is None else f"{me['speedup_vs_ref']:.2f}x"
         other = "" if best is None else f"{best['impl']} {_num(best['ms'], 4)}" + (
             "" if best["speedup_vs_ref"] is None else f" ({best['speedup_vs_ref']:.2f}x)")
-        lines.append(f"{op[:14]:<14} {mode:<6} {shape_str(shape)[:16]:<16} {dtype[:8]:<8} "
+        lines.append(f"{op[:14]:<14} {mode:<6} {shape_str(shape)[:22]:<22} {dtype[:8]:<8} "
                      f"{_num(ref and ref['ms'], 4):>9} {mine:>10} {_num(roof, 3):>6} "
                      f"{speed:>7}  {other}")
     return "\n".join(line.rstrip() for line in lines)

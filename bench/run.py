@@ -32,6 +32,7 @@ OPS: Dict[str, str] = {
     "newton_schulz": "bench.bench_newton_schulz",
     "dgd": "bench.bench_dgd",
     "m3": "bench.bench_m3",
+    "memory_mlp": "bench.bench_memory_mlp",
 }
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "out"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -54,11 +55,22 @@ def _csv(text: Optional[str]) -> Optional[List[str]]:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+# --shapes syntax per op; the shapes go to every op of the run (dgd and memory_mlp ignore, with
+# a message, the lengths that are not theirs), so name one op with them
+SHAPE_HELP = ("newton_schulz: [batch]xMxN; dgd: BxTxHxKxV or BxTxHxD; "
+              "m3: LAYERSxD[xSLOW_EVERY]; memory_mlp: BxTxHxDxFxC, F the MLP's hidden width "
+              "and C the chunk size, e.g. 1x1024x4x64x256x16")
+
+
 def _shape(text: str):
     try:
-        return tuple(int(x) for x in text.lower().split("x"))
+        shape = tuple(int(x) for x in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad shape {text!r}; want e.g. 16x64x64") from None
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}; want positive integers joined "
+                                         f"by 'x' ({SHAPE_HELP})")
+    return shape
 
 
 def run_benchmarks(ops: Optional[Sequence[str]] = None, device: Optional[str] = None,
@@ -133,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=None,
                    help="fwd,fwdbwd (default both; fwd with --quick)")
     p.add_argument("--dtypes", default=None,
-                   help="input dtypes, comma list (default float32; dgd: bfloat16 on CUDA)")
+                   help="input dtypes, comma list (default float32; dgd, memory_mlp: "
+                        "bfloat16 on CUDA)")
     p.add_argument("--shapes", default=None,
                    help="problem shapes replacing the op's list, e.g. 16x64x64,1x4096x4096 "
-                        "(newton_schulz: [batch]xMxN; dgd: BxTxHxKxV or BxTxHxD)")
+                        f"({SHAPE_HELP})")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="include torch.compile'd references (default, except --quick)")
@@ -160,7 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     shapes = None
     if a.shapes:
-        shapes = [_shape(s) for s in _csv(a.shapes)]
+        try:
+            shapes = [_shape(s) for s in _csv(a.shapes)]
+        except argparse.ArgumentTypeError as exc:
+            raise SystemExit(f"bench: {exc}") from None
     record = run_benchmarks(ops=_csv(a.ops), device=a.device, quick=a.quick,
                             out=None if a.out == "-" else a.out, modes=_csv(a.modes),
                             dtypes=_csv(a.dtypes), shapes=shapes, compile=a.compile,
