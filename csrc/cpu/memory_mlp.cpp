@@ -29,6 +29,16 @@ at::Tensor mm(const Prec& p, const at::Tensor& a, const at::Tensor& b, bool a_ex
   return at::bmm(A.reshape({R * H, A.size(2), A.size(3)}), B.reshape({R * H, B.size(2), B.size(3)}))
       .view({R, H, A.size(2), B.size(3)});
 }
+// c + a·b in one baddbmm (c [R, H, m, n], any strides).
+at::Tensor mma(const Prec& p, const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
+               bool a_exact = false, bool b_exact = false) {
+  const at::Tensor A = a_exact ? a : rnd(p, a), B = b_exact ? b : rnd(p, b);
+  const int64_t R = A.size(0), H = A.size(1);
+  return at::baddbmm(c.reshape({R * H, c.size(2), c.size(3)}),
+                     A.reshape({R * H, A.size(2), A.size(3)}),
+                     B.reshape({R * H, B.size(2), B.size(3)}))
+      .view({R, H, A.size(2), B.size(3)});
+}
 at::Tensor tr(const at::Tensor& t) { return t.transpose(-1, -2); }
 
 struct Act {
@@ -103,8 +113,8 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
   Act act = activate(f.Z, a.activation, false);
   f.Hall = act.h;
   f.dHall = act.dh;
-  f.Out = mm(p, f.Hall, tr(st.w2));
-  if (a.residual) f.Out = f.Out + f.U;                         // M(u) = [u +] W2 σ(W1 u)
+  f.Out = a.residual ? mma(p, f.U, f.Hall, tr(st.w2))          // M(u) = [u +] W2 σ(W1 u)
+                     : mm(p, f.Hall, tr(st.w2));
   f.K = rows_of(f.U, f.len, nr, kK);
   f.Zk = rows_of(f.Z, f.len, nr, kK);
   f.Hk = rows_of(f.Hall, f.len, nr, kK);
@@ -117,7 +127,7 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
   f.Rr = mm(p, f.Eeta, st.w2);                                 // R = Eη W2   [len, F]
   f.Q1 = f.dHk * f.Rr;
   if (a.dgd_erase) f.Q1 = at::addcmul(f.Q1, f.eta, f.Zk);      // W1 Kᵀ diag(η) K = (ηZ)ᵀ K
-  f.gsum = rw.g.narrow(2, c.s, f.len).sum(-1);                 // [R, H]
+  f.gsum = f.len == 1 ? rw.g.select(2, c.s) : rw.g.narrow(2, c.s, f.len).sum(-1);  // [R, H]
   return f;
 }
 
@@ -125,10 +135,10 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
 State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
                    const Prec& p) {
   State n = st;
-  auto acc = [](const at::Tensor& a, const at::Tensor& b) { return a.defined() ? a + b : b; };
-  n.a1 = acc(st.a1, mm(p, tr(f.Q1), f.K, false, true));        // G1 = A1 + Q1ᵀ K
-  n.a2 = acc(st.a2, mm(p, tr(f.Eeta), f.Hk));                  // G2 = A2 + Eηᵀ H
-  n.ag = acc(st.ag, f.gsum);
+  n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, true)  // G1 = A1 + Q1ᵀ K
+                         : mm(p, tr(f.Q1), f.K, false, true);
+  n.a2 = st.a2.defined() ? mma(p, st.a2, tr(f.Eeta), f.Hk) : mm(p, tr(f.Eeta), f.Hk);  // G2
+  n.ag = st.ag.defined() ? st.ag + f.gsum : f.gsum;
   if (!c.complete) return n;
   const at::Tensor alpha = n.ag.exp().unsqueeze(-1).unsqueeze(-1);
   auto momentum = [&](const at::Tensor& P, const at::Tensor& G) {  // μ P − G
@@ -342,41 +352,35 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   const at::Tensor dQ1 = mm(p, f.K, tr(dG1), true);            // [len, F]
   const at::Tensor dK = mm(p, f.Q1, dG1);                      // [len, D]
   at::Tensor dZk = activate(f.Zk, a.activation, true).d2h * f.Rr * dQ1;  // σ''(Z) ⊙ R ⊙ dQ1
-  at::Tensor d_eta = at::zeros_like(f.eta.squeeze(-1));
+  const at::Tensor dR = f.dHk * dQ1;
+  const at::Tensor dEeta = mma(p, mm(p, f.Hk, tr(dG2)), dR, tr(st.w2));
+  const at::Tensor dHk = mm(p, f.Eeta, dG2);
+  at::Tensor d_eta = (f.E * dEeta).sum(-1);
   if (a.dgd_erase) {
-    dZk = dZk + f.eta * dQ1;
+    dZk = at::addcmul(dZk, f.eta, dQ1);
     d_eta = d_eta + (f.Zk * dQ1).sum(-1);
   }
-  const at::Tensor dR = f.dHk * dQ1;
-  const at::Tensor dEeta = mm(p, f.Hk, tr(dG2)) + mm(p, dR, tr(st.w2));
-  at::Tensor dHk = mm(p, f.Eeta, dG2);
-  at::Tensor dW2 = mm(p, tr(f.Eeta), dR);
-  d_eta = d_eta + (f.E * dEeta).sum(-1);
   const at::Tensor dE = f.eta * dEeta;
 
   // Gradients of the memory outputs, row by row: x rows get dY, k rows dPr, v rows dTg.
-  at::Tensor dOut = at::zeros_like(f.Out);
-  at::Tensor dOut_r = dOut.unflatten(2, {f.len, nr});  // a view: writes land in dOut
-  dOut_r.select(3, kX).copy_(dY);
-  if (a.objective == MlpObjective::kL2) dOut_r.select(3, kK).copy_(dE);
+  const at::Tensor dPr = a.objective == MlpObjective::kL2 ? dE : at::zeros_like(dE);
+  std::vector<at::Tensor> rows = {dY, dPr};
   if (a.self_target)
-    dOut_r.select(3, kV).copy_(-dE);
+    rows.push_back(-dE);
   else
     dV.copy_(-dE);
+  const at::Tensor dOut = at::stack(rows, 3).flatten(2, 3);     // [R, H, len·nr, D]
   at::Tensor dHall = mm(p, dOut, st.w2);                       // [len·nr, F]
   rows_of(dHall, f.len, nr, kK).add_(dHk);
-  dW2 = dW2 + mm(p, tr(dOut), f.Hall);
+  gs.w2 = mma(p, mma(p, gs.w2, tr(f.Eeta), dR), tr(dOut), f.Hall);
   at::Tensor dZ = dHall * f.dHall;
   rows_of(dZ, f.len, nr, kK).add_(dZk);
-  at::Tensor dUc = mm(p, dZ, st.w1);                           // [len·nr, D]
-  if (a.residual) dUc = dUc + dOut;
-  const at::Tensor dW1 = mm(p, tr(dZ), f.U, false, true);
+  const at::Tensor dUc = a.residual ? mma(p, dOut, dZ, st.w1) : mm(p, dZ, st.w1);
+  gs.w1 = mma(p, gs.w1, tr(dZ), f.U, false, true);
   at::Tensor dUr = dUc.unflatten(2, {f.len, nr});
   dUr.select(3, kK).add_(dK);
   dU.copy_(dUr);
   deta.copy_(d_eta);
-  gs.w1 = gs.w1 + dW1;
-  gs.w2 = gs.w2 + dW2;
   return gs;
 }
 
