@@ -143,9 +143,7 @@ cpu::MlpScanArgs parse_memory_mlp_args(int64_t chunk_size, double momentum,
                           checkpoint_every};
 }
 
-namespace {
-
-void check_counts(const cpu::MlpScanInputs& in, int64_t chunk_size) {
+void check_memory_mlp_counts(const cpu::MlpScanInputs& in, int64_t chunk_size) {
   if (!in.n || !(in.n->device().is_cpu() || debug_checks())) return;
   const at::Tensor n = in.n->to(at::kCPU, at::kLong).contiguous();
   const int64_t* p = n.data_ptr<int64_t>();
@@ -153,6 +151,8 @@ void check_counts(const cpu::MlpScanInputs& in, int64_t chunk_size) {
     TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < chunk_size, kOp, ": n[", i, "] = ", p[i],
                       " must be in [0, chunk_size = ", chunk_size, ")");
 }
+
+namespace {
 
 using Opt = std::optional<at::Tensor>;
 
@@ -170,7 +170,7 @@ std::vector<at::Tensor> scan_cpu(const at::Tensor& x, const at::Tensor& k, const
       self_target, dgd_erase, checkpoint_every);
   const cpu::MlpScanInputs in = check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out,
                                                       acc_in, acc_out, acc_g, n, cu_seqlens);
-  check_counts(in, chunk_size);
+  check_memory_mlp_counts(in, chunk_size);
   return cpu::memory_mlp_scan_forward(in, a);
 }
 
@@ -189,7 +189,7 @@ std::vector<at::Tensor> scan_backward_cpu(
       self_target, dgd_erase, checkpoint_every);
   const cpu::MlpScanInputs in = check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out,
                                                       acc_in, acc_out, acc_g, n, cu_seqlens);
-  check_counts(in, chunk_size);
+  check_memory_mlp_counts(in, chunk_size);
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "memory_mlp_scan_backward: grad_y must have "
                     "x's shape ", x.sizes(), ", got ", grad_y.sizes());
   std::vector<at::Tensor> d_final;

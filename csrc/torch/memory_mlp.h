@@ -21,6 +21,10 @@ cpu::MlpScanInputs check_memory_mlp_args(
     const std::optional<at::Tensor>& acc_g, const std::optional<at::Tensor>& n,
     const std::optional<at::Tensor>& cu_seqlens);
 
+// Range check of the initial state's open-chunk counts n (0 <= n < chunk_size); reads the
+// values, so it runs for CPU tensors or under NLCORE_DEBUG=1 only.
+void check_memory_mlp_counts(const cpu::MlpScanInputs& in, int64_t chunk_size);
+
 // Parses and checks the scalar arguments ("silu"/"gelu", "l2"/"dot", chunk_size >= 1, ...).
 cpu::MlpScanArgs parse_memory_mlp_args(int64_t chunk_size, double momentum,
                                        const std::string& activation, bool residual,

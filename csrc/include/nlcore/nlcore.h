@@ -5,4 +5,5 @@
 #include "nlcore/newton_schulz.h"
 #include "nlcore/dgd.h"
 #include "nlcore/m3.h"
+#include "nlcore/memory_mlp.h"
 #endif /* NLCORE_NLCORE_H_ */

@@ -1,0 +1,10 @@
+// MLP scan GEMM launcher for inputs of dtype __half (see device.cuh).
+#include "memory_mlp/device.cuh"
+
+namespace nlcore::memory_mlp {
+
+nlcore_status_t gemm_f16(const Params& p, const Gemm& g, cudaStream_t stream) {
+  return launch_gemm<__half>(p, g, stream);
+}
+
+}  // namespace nlcore::memory_mlp
