@@ -1,0 +1,111 @@
+"""Small MLP-memory-scan cases for compute-sanitizer (scripts/gpu.sh sanitize): forward and
+backward of nlcore.ops.memory_mlp_scan on the CUDA kernels — fixed-length and varlen (with an
+empty sequence), shared and per-sequence weights, an initial state with an open chunk, C = 1,
+a partial last chunk, every D with F = 4D, bf16 and fp32 — checked against the CPU op.
+Exit 0: every case ran; 1: a case raised or disagreed; 2: a CUDA error.
+
+    python bench/sanitize_memory_mlp.py [--device cuda] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.sanitize_newton_schulz import _is_cuda_error  # noqa: E402
+
+# (B, T, H, D, C, cu_seqlens, per-sequence weights, initial state)
+CASES = [(2, 37, 2, 32, 8, None, False, False), (1, 5, 1, 32, 1, None, False, False),
+         (1, 50, 2, 64, 16, [0, 20, 20, 50], True, False), (2, 40, 1, 128, 16, None, True, True),
+         (1, 70, 1, 64, 64, None, False, False)]
+QUICK = CASES[:2]
+
+
+def inputs(B, T, H, D, N, per_seq, h0, C, gen):
+    Fh = 4 * D
+    x = dict(x=torch.randn(B, T, H, D, generator=gen),
+             k=F.normalize(torch.randn(B, T, H, D, generator=gen), dim=-1),
+             v=torch.randn(B, T, H, D, generator=gen),
+             eta=0.05 * torch.rand(B, T, H, generator=gen),
+             g=F.logsigmoid(torch.randn(B, T, H, generator=gen) + 4))
+    lead = (N,) if per_seq or h0 else ()
+    x["w_in"] = 0.3 * torch.randn(*lead, H, Fh, D, generator=gen)
+    x["w_out"] = torch.randn(*lead, H, D, Fh, generator=gen) / Fh ** 0.5
+    state = None
+    if h0:
+        state = [x.pop("w_in"), x.pop("w_out")]
+        state += [0.01 * torch.randn(N, H, Fh, D, generator=gen),
+                  0.01 * torch.randn(N, H, D, Fh, generator=gen)] * 2
+        state += [-0.01 * torch.rand(N, H, generator=gen),
+                  torch.randint(0, C, (N,), generator=gen)]
+        x["w_in"] = x["w_out"] = None
+    return x, state
+
+
+def run(x, state, dev, dtype, C, cu):
+    from nlcore.ops import memory_mlp_scan
+    xs = {n: (None if t is None else t.to(dev)) for n, t in x.items()}
+    for n in ("x", "k", "v"):
+        xs[n] = xs[n].to(dtype)
+    leaves = [t.requires_grad_(True) for t in xs.values() if t is not None]
+    st = None
+    if state is not None:
+        st = [t.to(dev) for t in state]
+        for t in st[:7]:
+            t.requires_grad_(True)
+        leaves += st[:7]
+    y, fin = memory_mlp_scan(xs["x"], xs["k"], xs["v"], xs["eta"], xs["w_in"], xs["w_out"], C,
+                             g=xs["g"], momentum=0.9, self_target=True, initial_state=st,
+                             output_final_state=True,
+                             cu_seqlens=None if cu is None else cu.to(dev))
+    (y.float().square().sum() + sum(t.square().sum() for t in fin[:7])).backward()
+    return [y] + list(fin[:7]) + [t.grad for t in leaves]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    dev = torch.device(a.device)
+    import nlcore  # noqa: F401
+    gen = torch.Generator().manual_seed(2468)
+    failures = 0
+    for (B, T, H, D, C, cu, per_seq, h0), dtype in itertools.product(
+            QUICK if a.quick else CASES, (torch.bfloat16, torch.float32)):
+        cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+        N = B if cu is None else len(cu) - 1
+        tag = (f"B{B} T{T} H{H} D{D} C{C} {'varlen' if cu else 'fixed'} "
+               f"{'per-seq' if per_seq else 'shared'} h0={int(h0)} {str(dtype)[6:]}")
+        x, state = inputs(B, T, H, D, N, per_seq, h0, C, gen)
+        try:
+            got = run(x, state, dev, dtype, C, cu_t)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            want = run(x, state, torch.device("cpu"), dtype, C, cu_t)
+            errs = [((g.detach().double().cpu() - w.double()).norm()
+                     / w.double().norm().clamp_min(1e-30)).item() for g, w in zip(got, want)]
+            finite = all(bool(torch.isfinite(g).all()) for g in got)
+            ok = finite and max(errs) < (1e-3 if dtype == torch.float32 else 5e-2)
+            failures += not ok
+            print(f"{tag:60s} {'ok' if ok else 'MISMATCH':>8}  max rel_err {max(errs):.2e}",
+                  flush=True)
+        except Exception as exc:
+            if _is_cuda_error(exc):
+                print(f"{tag}  CUDA-ERROR  {exc}", flush=True)
+                return 2
+            failures += 1
+            print(f"{tag}  ERROR  {type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+                  flush=True)
+    print(f"sanitize memory_mlp cases done: {failures} failed", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
