@@ -424,20 +424,23 @@ std::vector<at::Tensor> memory_mlp_scan_backward(const MlpScanInputs& in, const 
       const std::vector<Chunk> grid = chunk_grid(len, gr.n0, a.chunk_size);
       const int64_t nc = static_cast<int64_t>(grid.size());
       const int64_t every = std::max<int64_t>(1, a.checkpoint_every);
-      // Pass 1: chunk-start states every `every` chunks.
+      // Pass 1: chunk-start states every `every` chunks — up to the last segment, which the
+      // segment pass below recomputes anyway (a single segment needs no pass 1 at all).
+      const int64_t nseg = (nc + every - 1) / every;
       std::vector<State> ckpt;
       State st = st0;
-      for (int64_t j = 0; j < nc; ++j) {
+      for (int64_t j = 0; j < (nseg - 1) * every; ++j) {
         if (j % every == 0) ckpt.push_back(st);
         st = chunk_update(st, chunk_forward(rw, st, grid[j], a, p), grid[j], a, p);
       }
+      ckpt.push_back(st);
       // Token gradients of the group, [R, H, len, ...].
       at::Tensor dU = at::zeros({R, L.H, len, nr, L.D}, opt);
       at::Tensor dVg = at::zeros({R, L.H, len, L.D}, opt);
       at::Tensor detag = at::zeros({R, L.H, len}, opt), dgg = at::zeros_like(detag);
       at::Tensor dYg = index_rows(dY_all, gr.rows).narrow(1, gr.t0, len).transpose(1, 2);
       // Pass 2: segments in reverse; recompute the segment's chunk-start states, walk back.
-      for (int64_t s = (nc - 1) / every; s >= 0; --s) {
+      for (int64_t s = nseg - 1; s >= 0; --s) {
         const int64_t j0 = s * every, j1 = std::min(nc, j0 + every);
         std::vector<State> states = {ckpt[s]};
         std::vector<Fwd> fwds;
