@@ -1,7 +1,6 @@
 // nlcore::dgd — schema, argument checks, the CPU impls.
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <cmath>
 
 #include "torch/checks.h"
@@ -19,11 +18,6 @@ void check_float(const at::Tensor& t, const char* name) {
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), "dgd: ", name, " is on ", t.device(),
                     " but q is on ", ref.device());
-}
-
-bool debug_checks() {
-  const char* e = std::getenv("NLCORE_DEBUG");
-  return e != nullptr && e[0] == '1';
 }
 
 }  // namespace
@@ -63,26 +57,8 @@ cpu::DgdInputs check_dgd_args(const at::Tensor& q, const at::Tensor& k, const at
     TORCH_CHECK_VALUE(x.sizes() == at::IntArrayRef(gate_shape), "dgd: ", name,
                       " must be [B, T, HV] = ", at::IntArrayRef(gate_shape), ", got ", x.sizes());
   }
-  int64_t N = B;
-  if (cu_seqlens.has_value()) {
-    const at::Tensor& cs = *cu_seqlens;
-    TORCH_CHECK_VALUE(cs.dim() == 1 && cs.numel() >= 2,
-                      "dgd: cu_seqlens must be 1-D with at least 2 offsets, got shape ", cs.sizes());
-    TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt || cs.scalar_type() == at::kLong,
-                     "dgd: cu_seqlens must be int32 or int64, got ", dtype_name(cs.scalar_type()));
-    TORCH_CHECK_VALUE(B == 1, "dgd: with cu_seqlens the batch size must be 1, got B = ", B);
-    check_same_device(cs, q, "cu_seqlens");
-    N = cs.numel() - 1;
-    if (cs.device().is_cpu() || debug_checks()) {  // value checks read the tensor
-      at::Tensor c = cs.to(at::kCPU, at::kLong);
-      const int64_t* p = c.data_ptr<int64_t>();
-      TORCH_CHECK_VALUE(p[0] == 0, "dgd: cu_seqlens must start at 0, got ", p[0]);
-      TORCH_CHECK_VALUE(p[N] == T, "dgd: cu_seqlens must end at T = ", T, ", got ", p[N]);
-      for (int64_t i = 0; i < N; ++i)
-        TORCH_CHECK_VALUE(p[i + 1] >= p[i], "dgd: cu_seqlens must be non-decreasing, got ",
-                          p[i], " then ", p[i + 1], " at index ", i + 1);
-    }
-  }
+  const int64_t N =
+      cu_seqlens.has_value() ? check_cu_seqlens("dgd", *cu_seqlens, q, "q", B, T) : B;
   if (initial_state.has_value()) {
     const at::Tensor& h0 = *initial_state;
     check_float(h0, "initial_state");

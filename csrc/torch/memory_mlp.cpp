@@ -4,7 +4,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
 
 #include "torch/checks.h"
 
@@ -27,11 +26,6 @@ void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name) 
 void check_shape(const at::Tensor& t, at::IntArrayRef want, const char* name, const char* what) {
   TORCH_CHECK_VALUE(t.sizes() == want, kOp, ": ", name, " must be ", what, " = ", want, ", got ",
                     t.sizes());
-}
-
-bool debug_checks() {
-  const char* e = std::getenv("NLCORE_DEBUG");
-  return e != nullptr && e[0] == '1';
 }
 
 }  // namespace
@@ -64,26 +58,7 @@ cpu::MlpScanInputs check_memory_mlp_args(
     check_device(*g, x, "g");
     check_shape(*g, tok, "g", "[B, T, H]");
   }
-  int64_t N = B;
-  if (cu_seqlens) {
-    const at::Tensor& cs = *cu_seqlens;
-    TORCH_CHECK_VALUE(cs.dim() == 1 && cs.numel() >= 2, kOp,
-                      ": cu_seqlens must be 1-D with at least 2 offsets, got shape ", cs.sizes());
-    TORCH_CHECK_TYPE(cs.scalar_type() == at::kInt || cs.scalar_type() == at::kLong, kOp,
-                     ": cu_seqlens must be int32 or int64, got ", dtype_name(cs.scalar_type()));
-    TORCH_CHECK_VALUE(B == 1, kOp, ": with cu_seqlens the batch size must be 1, got B = ", B);
-    check_device(cs, x, "cu_seqlens");
-    N = cs.numel() - 1;
-    if (cs.device().is_cpu() || debug_checks()) {
-      const at::Tensor c = cs.to(at::kCPU, at::kLong);
-      const int64_t* p = c.data_ptr<int64_t>();
-      TORCH_CHECK_VALUE(p[0] == 0, kOp, ": cu_seqlens must start at 0, got ", p[0]);
-      TORCH_CHECK_VALUE(p[N] == T, kOp, ": cu_seqlens must end at T = ", T, ", got ", p[N]);
-      for (int64_t i = 0; i < N; ++i)
-        TORCH_CHECK_VALUE(p[i + 1] >= p[i], kOp, ": cu_seqlens must be non-decreasing, got ",
-                          p[i], " then ", p[i + 1], " at index ", i + 1);
-    }
-  }
+  const int64_t N = cu_seqlens ? check_cu_seqlens(kOp, *cu_seqlens, x, "x", B, T) : B;
   // Weights: [H, F, D] / [H, D, F] shared, or [N, H, F, D] / [N, H, D, F].
   TORCH_CHECK_VALUE((w_in.dim() == 3 || w_in.dim() == 4) && w_in.size(-1) == D &&
                         w_in.size(-3) == H && w_in.size(-2) >= 1 &&
