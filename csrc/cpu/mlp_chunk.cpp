@@ -1,0 +1,301 @@
+// The MLP memory's chunk step and its backward (cpu/mlp_chunk.h); the math is written out in
+// cpu/memory_mlp.h.
+#include "cpu/mlp_chunk.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace nlcore::cpu::mlp {
+
+Prec make_prec(at::ScalarType seq, at::ScalarType weights) {
+  Prec p;
+  const bool f64 = seq == at::kDouble || weights == at::kDouble;
+  p.work = f64 ? at::kDouble : at::kFloat;
+  p.round = !f64 && (seq == at::kBFloat16 || seq == at::kHalf);
+  p.low = seq;
+  return p;
+}
+
+at::Tensor rnd(const Prec& p, const at::Tensor& t) {
+  return p.round ? t.to(p.low).to(p.work) : t;
+}
+// GEMM with rounded operands (exact = the operand already holds input-dtype values).
+// [R, H, m, k] × [R, H, k, n] as one bmm over R·H (at::matmul's broadcasting bookkeeping
+// costs as much as the GEMM itself at C = 1).
+at::Tensor mm(const Prec& p, const at::Tensor& a, const at::Tensor& b, bool a_exact,
+              bool b_exact) {
+  const at::Tensor A = a_exact ? a : rnd(p, a), B = b_exact ? b : rnd(p, b);
+  const int64_t R = A.size(0), H = A.size(1);
+  return at::bmm(A.reshape({R * H, A.size(2), A.size(3)}), B.reshape({R * H, B.size(2), B.size(3)}))
+      .view({R, H, A.size(2), B.size(3)});
+}
+// c + a·b in one baddbmm (c [R, H, m, n], any strides).
+at::Tensor mma(const Prec& p, const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
+               bool a_exact, bool b_exact) {
+  const at::Tensor A = a_exact ? a : rnd(p, a), B = b_exact ? b : rnd(p, b);
+  const int64_t R = A.size(0), H = A.size(1);
+  return at::baddbmm(c.reshape({R * H, c.size(2), c.size(3)}),
+                     A.reshape({R * H, A.size(2), A.size(3)}),
+                     B.reshape({R * H, B.size(2), B.size(3)}))
+      .view({R, H, A.size(2), B.size(3)});
+}
+
+Act activate(const at::Tensor& z, MlpActivation a, bool second) {
+  Act r;
+  if (a == MlpActivation::kSilu) {
+    const at::Tensor s = at::sigmoid(z);
+    r.h = z * s;
+    r.dh = at::addcmul(s + r.h, r.h, s, -1);  // s (1 + z (1 − s)) = s + h − h s
+    if (second) r.d2h = (s - s * s) * (2 + z - 2 * r.h);
+  } else {
+    const at::Tensor cdf = 0.5 * (1 + at::erf(z * M_SQRT1_2));
+    const at::Tensor pdf = at::exp(-0.5 * z * z) * (0.5 * M_2_SQRTPI * M_SQRT1_2);
+    r.h = z * cdf;
+    r.dh = cdf + z * pdf;
+    if (second) r.d2h = pdf * (2 - z * z);
+  }
+  return r;
+}
+
+std::vector<Chunk> chunk_grid(int64_t T, int64_t n0, int64_t C) {
+  std::vector<Chunk> out;
+  int64_t s = 0, n = n0;
+  while (s < T) {
+    const int64_t e = std::min(T, s + C - n);
+    out.push_back({s, e, n + (e - s) == C});
+    n = (n + e - s) % C;
+    s = e;
+  }
+  return out;
+}
+
+at::Tensor rows_of(const at::Tensor& t, int64_t len, int64_t nr, int64_t r) {
+  return t.unflatten(2, {len, nr}).select(3, r);  // [R, H, len, ·]
+}
+
+Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScanArgs& a,
+                  const Prec& p) {
+  Fwd f;
+  f.len = c.e - c.s;
+  f.lay = rw.lay;
+  const int64_t nr = rw.lay.nr, kK = rw.lay.ik;
+  f.U = rw.U.narrow(2, c.s, f.len).flatten(2, 3);              // [R, H, len·nr, D]
+  f.Z = mm(p, f.U, tr(st.w1), true);                           // every row's pre-activation
+  Act act = activate(f.Z, a.activation, false);
+  f.Hall = act.h;
+  f.dHall = act.dh;
+  f.Out = a.residual ? mma(p, f.U, f.Hall, tr(st.w2))          // M(u) = [u +] W2 σ(W1 u)
+                     : mm(p, f.Hall, tr(st.w2));
+  f.K = rows_of(f.U, f.len, nr, kK);
+  f.Zk = rows_of(f.Z, f.len, nr, kK);
+  f.Hk = rows_of(f.Hall, f.len, nr, kK);
+  f.dHk = rows_of(f.dHall, f.len, nr, kK);
+  const at::Tensor target = rw.lay.iv >= 0 ? rows_of(f.Out, f.len, nr, rw.lay.iv)
+                                            : rw.V.narrow(2, c.s, f.len);
+  f.E = a.objective == MlpObjective::kL2 ? rows_of(f.Out, f.len, nr, kK) - target : -target;
+  f.eta = rw.eta.narrow(2, c.s, f.len).unsqueeze(-1);          // [R, H, len, 1]
+  f.Eeta = f.eta * f.E;
+  f.Rr = mm(p, f.Eeta, st.w2);                                 // R = Eη W2   [len, F]
+  f.Q1 = f.dHk * f.Rr;
+  if (a.dgd_erase) f.Q1 = at::addcmul(f.Q1, f.eta, f.Zk);      // W1 Kᵀ diag(η) K = (ηZ)ᵀ K
+  f.gsum = f.len == 1 ? rw.g.select(2, c.s) : rw.g.narrow(2, c.s, f.len).sum(-1);  // [R, H]
+  return f;
+}
+
+State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
+                   const Prec& p) {
+  State n = st;
+  n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, true)  // G1 = A1 + Q1ᵀ K
+                         : mm(p, tr(f.Q1), f.K, false, true);
+  n.a2 = st.a2.defined() ? mma(p, st.a2, tr(f.Eeta), f.Hk) : mm(p, tr(f.Eeta), f.Hk);  // G2
+  n.ag = st.ag.defined() ? st.ag + f.gsum : f.gsum;
+  if (!c.complete) return n;
+  const at::Tensor alpha = n.ag.exp().unsqueeze(-1).unsqueeze(-1);
+  auto momentum = [&](const at::Tensor& P, const at::Tensor& G) {  // μ P − G
+    return a.momentum == 0.0 ? -G : at::sub(P * a.momentum, G);
+  };
+  n.p1 = momentum(st.p1, n.a1);
+  n.p2 = momentum(st.p2, n.a2);
+  n.w1 = at::addcmul(n.p1, alpha, st.w1);                      // ᾱ W + P
+  n.w2 = at::addcmul(n.p2, alpha, st.w2);
+  n.a1 = n.a2 = n.ag = at::Tensor();
+  return n;
+}
+
+Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& gn,
+                    const MlpScanArgs& a, const Prec& p, const at::Tensor& dY,
+                    at::Tensor dU, at::Tensor dV, at::Tensor deta, at::Tensor dg) {
+  Grad gs;
+  at::Tensor dG1, dG2, dsum;
+  if (c.complete) {
+    const at::Tensor alpha = (st.ag.defined() ? st.ag + f.gsum : f.gsum).exp();  // [R, H]
+    const at::Tensor al = alpha.unsqueeze(-1).unsqueeze(-1);
+    const at::Tensor t1 = gn.p1 + gn.w1, t2 = gn.p2 + gn.w2;
+    dG1 = -t1;
+    dG2 = -t2;
+    gs.p1 = a.momentum * t1;
+    gs.p2 = a.momentum * t2;
+    gs.w1 = al * gn.w1;
+    gs.w2 = al * gn.w2;
+    dsum = alpha * ((gn.w1 * st.w1).sum({-1, -2}) + (gn.w2 * st.w2).sum({-1, -2}));
+  } else {
+    dG1 = gn.a1;
+    dG2 = gn.a2;
+    dsum = gn.ag;
+    gs.w1 = gn.w1;
+    gs.w2 = gn.w2;
+    gs.p1 = gn.p1;
+    gs.p2 = gn.p2;
+  }
+  gs.a1 = dG1;  // G = A + (this chunk's sum): the carried-in accumulators get dG
+  gs.a2 = dG2;
+  gs.ag = dsum;
+  dg.copy_(dsum.unsqueeze(-1).expand_as(dg));
+
+  const int64_t nr = f.lay.nr, kK = f.lay.ik;
+  // Inner gradient: G1 = Q1ᵀ K, G2 = Eηᵀ H.
+  const at::Tensor dQ1 = mm(p, f.K, tr(dG1), true);            // [len, F]
+  const at::Tensor dK = mm(p, f.Q1, dG1);                      // [len, D]
+  at::Tensor dZk = activate(f.Zk, a.activation, true).d2h * f.Rr * dQ1;  // σ''(Z) ⊙ R ⊙ dQ1
+  const at::Tensor dR = f.dHk * dQ1;
+  const at::Tensor dEeta = mma(p, mm(p, f.Hk, tr(dG2)), dR, tr(st.w2));
+  const at::Tensor dHk = mm(p, f.Eeta, dG2);
+  at::Tensor d_eta = (f.E * dEeta).sum(-1);
+  if (a.dgd_erase) {
+    dZk = at::addcmul(dZk, f.eta, dQ1);
+    d_eta = d_eta + (f.Zk * dQ1).sum(-1);
+  }
+  const at::Tensor dE = f.eta * dEeta;
+
+  // Gradients of the memory outputs, row by row: x rows get dY, k rows dPr, v rows dTg.
+  const at::Tensor dPr = a.objective == MlpObjective::kL2 ? dE : at::zeros_like(dE);
+  std::vector<at::Tensor> rows(nr);
+  if (f.lay.ix >= 0) rows[f.lay.ix] = dY;
+  rows[kK] = dPr;
+  if (f.lay.iv >= 0)
+    rows[f.lay.iv] = -dE;
+  else
+    dV.copy_(-dE);
+  const at::Tensor dOut = at::stack(rows, 3).flatten(2, 3);     // [R, H, len·nr, D]
+  at::Tensor dHall = mm(p, dOut, st.w2);                       // [len·nr, F]
+  rows_of(dHall, f.len, nr, kK).add_(dHk);
+  gs.w2 = mma(p, mma(p, gs.w2, tr(f.Eeta), dR), tr(dOut), f.Hall);
+  at::Tensor dZ = dHall * f.dHall;
+  rows_of(dZ, f.len, nr, kK).add_(dZk);
+  const at::Tensor dUc = a.residual ? mma(p, dOut, dZ, st.w1) : mm(p, dZ, st.w1);
+  gs.w1 = mma(p, gs.w1, tr(dZ), f.U, false, true);
+  at::Tensor dUr = dUc.unflatten(2, {f.len, nr});
+  dUr.select(3, kK).add_(dK);
+  dU.copy_(dUr);
+  deta.copy_(d_eta);
+  return gs;
+}
+
+std::vector<Group> make_groups(const std::optional<at::Tensor>& cu_seqlens, int64_t B, int64_t T,
+                               int64_t N, const std::vector<int64_t>& n0) {
+  std::vector<Group> out;
+  const bool same_n = std::all_of(n0.begin(), n0.end(), [&](int64_t v) { return v == n0[0]; });
+  if (!cu_seqlens) {
+    if (same_n) {
+      Group g{{}, {}, 0, T, N ? n0[0] : 0};
+      for (int64_t b = 0; b < B; ++b) {
+        g.seqs.push_back(b);
+        g.rows.push_back(b);
+      }
+      out.push_back(g);
+    } else {
+      for (int64_t b = 0; b < B; ++b) out.push_back({{b}, {b}, 0, T, n0[b]});
+    }
+    return out;
+  }
+  at::Tensor cs = cu_seqlens->to(at::kCPU, at::kLong).contiguous();
+  const int64_t* c = cs.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) out.push_back({{i}, {0}, c[i], c[i + 1], n0[i]});
+  return out;
+}
+
+std::vector<int64_t> initial_counts(const std::optional<at::Tensor>& n, int64_t N) {
+  std::vector<int64_t> n0(N, 0);
+  if (n) {
+    at::Tensor t = n->to(at::kCPU, at::kLong).contiguous();
+    for (int64_t i = 0; i < N; ++i) n0[i] = t.data_ptr<int64_t>()[i];
+  }
+  return n0;
+}
+
+at::Tensor long_tensor(const std::vector<int64_t>& v) {
+  return at::tensor(v, at::TensorOptions().dtype(at::kLong));
+}
+
+at::Tensor index_rows(const at::Tensor& t, const std::vector<int64_t>& idx) {
+  return t.index_select(0, long_tensor(idx));
+}
+
+State gather_state(const StateIn& s, at::ScalarType work, const std::vector<int64_t>& seqs) {
+  const int64_t R = static_cast<int64_t>(seqs.size());
+  auto weight = [&](const at::Tensor& w) {
+    at::Tensor t = w.to(work);
+    if (t.dim() == 3) return t.unsqueeze(0).expand({R, t.size(0), t.size(1), t.size(2)});
+    return index_rows(t, seqs);
+  };
+  State st;
+  st.w1 = weight(s.w_in);
+  st.w2 = weight(s.w_out);
+  if (s.p_in) {
+    st.p1 = index_rows(s.p_in->to(work), seqs);
+    st.p2 = index_rows(s.p_out->to(work), seqs);
+    st.a1 = index_rows(s.acc_in->to(work), seqs);
+    st.a2 = index_rows(s.acc_out->to(work), seqs);
+    st.ag = index_rows(s.acc_g->to(work), seqs);
+  } else {
+    st.p1 = at::zeros_like(st.w1, at::MemoryFormat::Contiguous);
+    st.p2 = at::zeros_like(st.w2, at::MemoryFormat::Contiguous);
+  }
+  return st;
+}
+
+std::vector<at::Tensor> state_buffers(int64_t N, int64_t H, int64_t F, int64_t D,
+                                      const at::TensorOptions& opt, bool zero) {
+  auto make = [&](at::IntArrayRef shape) { return zero ? at::zeros(shape, opt) : at::empty(shape, opt); };
+  return {make({N, H, F, D}), make({N, H, D, F}), make({N, H, F, D}), make({N, H, D, F}),
+          make({N, H, F, D}), make({N, H, D, F}), make({N, H})};
+}
+
+void scatter_state(std::vector<at::Tensor>& dst, const State& st, const at::Tensor& idx,
+                   bool zero_undefined) {
+  const at::Tensor parts[7] = {st.w1, st.w2, st.p1, st.p2, st.a1, st.a2, st.ag};
+  for (int j = 0; j < 7; ++j) {
+    if (parts[j].defined())
+      dst[j].index_copy_(0, idx, parts[j].contiguous());
+    else if (zero_undefined)
+      dst[j].index_fill_(0, idx, 0);
+  }
+}
+
+Grad final_grads(const std::vector<at::Tensor>& d_final, const at::Tensor& idx, int64_t H,
+                 int64_t F, int64_t D, const at::TensorOptions& opt) {
+  const int64_t R = idx.numel();
+  auto get = [&](size_t j, at::IntArrayRef shape) {
+    if (j < d_final.size() && d_final[j].defined())
+      return d_final[j].to(opt.dtype()).index_select(0, idx);
+    return at::zeros(shape, opt);
+  };
+  return Grad{get(0, {R, H, F, D}), get(1, {R, H, D, F}), get(2, {R, H, F, D}),
+              get(3, {R, H, D, F}), get(4, {R, H, F, D}), get(5, {R, H, D, F}), get(6, {R, H})};
+}
+
+at::Tensor take_tokens(const at::Tensor& t, const Group& gr, at::ScalarType work) {
+  return index_rows(t, gr.rows).narrow(1, gr.t0, gr.t1 - gr.t0).to(work).transpose(1, 2);
+}
+
+void put_tokens(at::Tensor& dst, const at::Tensor& src, const Group& gr, bool varlen) {
+  const at::Tensor s = src.transpose(1, 2);
+  if (varlen)
+    dst.narrow(1, gr.t0, gr.t1 - gr.t0).copy_(s);
+  else if (static_cast<int64_t>(gr.rows.size()) == dst.size(0))  // every row, in order
+    dst.copy_(s);
+  else
+    dst.index_copy_(0, long_tensor(gr.rows), s.contiguous());
+}
+
+}  // namespace nlcore::cpu::mlp
