@@ -35,7 +35,7 @@ StateIn state_in(const MlpScanInputs& in) {
 }
 
 // Token rows x, k (and v with self_target), stacked per token.
-constexpr RowLayout kPlain{2, 0, 1, -1}, kSelfTarget{3, 0, 1, 2};
+constexpr RowLayout kPlain{2, 0, 1, -1, true}, kSelfTarget{3, 0, 1, 2, true};
 
 Rows make_rows(const MlpScanInputs& in, const Layout& L, const Group& gr,
                const MlpScanArgs& a) {

@@ -80,7 +80,7 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
   f.lay = rw.lay;
   const int64_t nr = rw.lay.nr, kK = rw.lay.ik;
   f.U = rw.U.narrow(2, c.s, f.len).flatten(2, 3);              // [R, H, len·nr, D]
-  f.Z = mm(p, f.U, tr(st.w1), true);                           // every row's pre-activation
+  f.Z = mm(p, f.U, tr(st.w1), f.lay.exact);                          // every row's pre-activation
   Act act = activate(f.Z, a.activation, false);
   f.Hall = act.h;
   f.dHall = act.dh;
@@ -105,8 +105,8 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
 State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
                    const Prec& p) {
   State n = st;
-  n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, true)  // G1 = A1 + Q1ᵀ K
-                         : mm(p, tr(f.Q1), f.K, false, true);
+  n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, f.lay.exact)  // G1 = A1 + Q1ᵀ K
+                         : mm(p, tr(f.Q1), f.K, false, f.lay.exact);
   n.a2 = st.a2.defined() ? mma(p, st.a2, tr(f.Eeta), f.Hk) : mm(p, tr(f.Eeta), f.Hk);  // G2
   n.ag = st.ag.defined() ? st.ag + f.gsum : f.gsum;
   if (!c.complete) return n;
@@ -154,7 +154,7 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
 
   const int64_t nr = f.lay.nr, kK = f.lay.ik;
   // Inner gradient: G1 = Q1ᵀ K, G2 = Eηᵀ H.
-  const at::Tensor dQ1 = mm(p, f.K, tr(dG1), true);            // [len, F]
+  const at::Tensor dQ1 = mm(p, f.K, tr(dG1), f.lay.exact);           // [len, F]
   const at::Tensor dK = mm(p, f.Q1, dG1);                      // [len, D]
   at::Tensor dZk = activate(f.Zk, a.activation, true).d2h * f.Rr * dQ1;  // σ''(Z) ⊙ R ⊙ dQ1
   const at::Tensor dR = f.dHk * dQ1;
@@ -183,7 +183,7 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   at::Tensor dZ = dHall * f.dHall;
   rows_of(dZ, f.len, nr, kK).add_(dZk);
   const at::Tensor dUc = a.residual ? mma(p, dOut, dZ, st.w1) : mm(p, dZ, st.w1);
-  gs.w1 = mma(p, gs.w1, tr(dZ), f.U, false, true);
+  gs.w1 = mma(p, gs.w1, tr(dZ), f.U, false, f.lay.exact);
   at::Tensor dUr = dUc.unflatten(2, {f.len, nr});
   dUr.select(3, kK).add_(dK);
   dU.copy_(dUr);

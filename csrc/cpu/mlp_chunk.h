@@ -57,8 +57,10 @@ std::vector<Chunk> chunk_grid(int64_t T, int64_t n0, int64_t C);
 
 // Which token rows go through the memory, stacked per token: nr rows at positions ix (the
 // reads; -1: none), ik (the keys) and iv (the values when they are self-targets; -1: none).
+// exact: the rows already hold input-dtype values (no rounding before a GEMM).
 struct RowLayout {
   int64_t nr, ix, ik, iv;
+  bool exact;
 };
 
 // Rows sharing a chunk grid. U [R, H, T, nr, D] in the work dtype; V [R, H, T, D] (the

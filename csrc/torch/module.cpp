@@ -8,6 +8,7 @@ void define_newton_schulz(torch::Library& m);
 void define_dgd(torch::Library& m);
 void define_m3(torch::Library& m);
 void define_memory_mlp(torch::Library& m);
+void define_self_modifying(torch::Library& m);
 }
 
 TORCH_LIBRARY(nlcore, m) {
@@ -15,6 +16,7 @@ TORCH_LIBRARY(nlcore, m) {
   nlcore::glue::define_dgd(m);
   nlcore::glue::define_m3(m);
   nlcore::glue::define_memory_mlp(m);
+  nlcore::glue::define_self_modifying(m);
 }
 
 extern "C" {

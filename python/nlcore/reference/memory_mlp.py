@@ -60,6 +60,46 @@ class _Mem:
         return self.out(u, h)
 
 
+def inner_gradient(mem: "_Mem", K, target, eta, objective: str, dgd_erase: bool):
+    """The chunk's inner gradient (G1, G2) at fixed weights: keys K, targets, rates eta
+    (broadcastable `[..., len, 1]`)."""
+    Z = mem.pre(K)
+    H, dH = activation_and_slope(Z, mem.activation)
+    E = mem.out(K, H) - target if objective == "l2" else -target
+    Eeta = eta * E
+    Q1 = dH * mem.mm(Eeta, mem.w2)
+    if dgd_erase:                                                # W1 Kᵀ diag(η) K = (ηZ)ᵀ K
+        Q1 = Q1 + eta * Z
+    return mem.mm(Q1.transpose(-1, -2), K), mem.mm(Eeta.transpose(-1, -2), H)
+
+
+def accumulate(st, G1, G2, gsum, n: int, chunk_size: int, momentum: float):
+    """Adds a chunk's (G1, G2, Σg) to the open-chunk sums of st = (w1, w2, p1, p2, a1, a2, ag)
+    and applies the update when the chunk completes (n = its tokens so far, after this part).
+    Returns (state, n)."""
+    w1, w2, p1, p2, a1, a2, ag = st
+    a1, a2, ag = a1 + G1, a2 + G2, ag + gsum
+    if n == chunk_size:                                          # the chunk completes
+        alpha = ag.exp()[..., None, None]
+        p1 = momentum * p1 - a1
+        p2 = momentum * p2 - a2
+        w1 = alpha * w1 + p1
+        w2 = alpha * w2 + p2
+        a1, a2, ag = torch.zeros_like(a1), torch.zeros_like(a2), torch.zeros_like(ag)
+        n = 0
+    return (w1, w2, p1, p2, a1, a2, ag), n
+
+
+def chunk_bounds(T: int, n0: int, chunk_size: int):
+    """(start, end) of the chunk pieces of T tokens when n0 tokens of a chunk came before."""
+    s, n = 0, n0
+    while s < T:
+        e = min(T, s + chunk_size - n)
+        yield s, e
+        n = (n + e - s) % chunk_size
+        s = e
+
+
 def scan_rows(X, K, V, ETA, Gs, st: Sequence[torch.Tensor], n0: int, chunk_size: int,
               momentum: float, activation: str, residual: bool, objective: str,
               self_target: bool, dgd_erase: bool, emulate: Optional[torch.dtype],
@@ -69,43 +109,21 @@ def scan_rows(X, K, V, ETA, Gs, st: Sequence[torch.Tensor], n0: int, chunk_size:
     carried in. first_order=True detaches the inner gradient G (the first-order approximation;
     the tests use it to show the second-order terms matter). Returns (Y `[R, H, T, D]`, state
     tuple, n)."""
-    w1, w2, p1, p2, a1, a2, ag = st
-    T = X.shape[2]
+    st = tuple(st)
     ys: List[torch.Tensor] = []
-    s, n = 0, n0
-    while s < T:
-        e = min(T, s + chunk_size - n)
-        mem = _Mem(w1, w2, activation, residual, emulate)
+    n = n0
+    for s, e in chunk_bounds(X.shape[2], n0, chunk_size):
+        mem = _Mem(st[0], st[1], activation, residual, emulate)
         Xc, Kc, Vc = X[:, :, s:e], K[:, :, s:e], V[:, :, s:e]
-        eta = ETA[:, :, s:e].unsqueeze(-1)
         ys.append(mem(Xc))                                       # read at the anchor
         target = mem(Vc) if self_target else Vc
-        Z = mem.pre(Kc)
-        H, dH = activation_and_slope(Z, activation)
-        E = mem.out(Kc, H) - target if objective == "l2" else -target
-        Eeta = eta * E
-        Q1 = dH * mem.mm(Eeta, w2)
-        if dgd_erase:                                            # W1 Kᵀ diag(η) K = (ηZ)ᵀ K
-            Q1 = Q1 + eta * Z
-        G1 = mem.mm(Q1.transpose(-1, -2), Kc)
-        G2 = mem.mm(Eeta.transpose(-1, -2), H)
+        G1, G2 = inner_gradient(mem, Kc, target, ETA[:, :, s:e].unsqueeze(-1), objective,
+                                dgd_erase)
         if first_order:
             G1, G2 = G1.detach(), G2.detach()
-        a1 = a1 + G1
-        a2 = a2 + G2
-        ag = ag + Gs[:, :, s:e].sum(-1)
-        n += e - s
-        if n == chunk_size:                                      # the chunk completes
-            alpha = ag.exp()[..., None, None]
-            p1 = momentum * p1 - a1
-            p2 = momentum * p2 - a2
-            w1 = alpha * w1 + p1
-            w2 = alpha * w2 + p2
-            a1, a2, ag = torch.zeros_like(a1), torch.zeros_like(a2), torch.zeros_like(ag)
-            n = 0
-        s = e
+        st, n = accumulate(st, G1, G2, Gs[:, :, s:e].sum(-1), n + e - s, chunk_size, momentum)
     Y = torch.cat(ys, 2) if ys else X.new_zeros(X.shape)
-    return Y, (w1, w2, p1, p2, a1, a2, ag), n
+    return Y, st, n
 
 
 def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor,
