@@ -14,6 +14,8 @@
 // state update are fp32.
 #include "cpu/dgd.h"
 
+#include "cpu/simd.h"
+
 #include <ATen/Parallel.h>
 
 namespace nlcore::cpu {
@@ -56,13 +58,6 @@ void unit_lower_inverse_one(const scalar_t* l, scalar_t* a, int64_t C) {
   }
 }
 
-// The loop auto-vectorizes; target_clones picks the widest vector ISA at load time (the
-// extension is otherwise built for baseline x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define NLCORE_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define NLCORE_CPU_CLONES
-#endif
 
 NLCORE_CPU_CLONES void unit_lower_inverse_f32(const float* l, float* a, int64_t C, int64_t n) {
   for (int64_t b = 0; b < n; ++b) unit_lower_inverse_one(l + b * C * C, a + b * C * C, C);

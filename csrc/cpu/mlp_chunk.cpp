@@ -2,10 +2,179 @@
 // cpu/memory_mlp.h.
 #include "cpu/mlp_chunk.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
+#include <utility>
+
+#include "cpu/simd.h"
 
 namespace nlcore::cpu::mlp {
+namespace {
+
+// The end-of-chunk update of one weight block [m, n] in one pass:
+//   G = [G0 +] Σ_t L_t ⊗ Rt_t  (L [len, m], Rt [len, n]),  P' = μ P − G,  W' = α W + P'.
+// Po doubles as G's scratch row. P may be null (zero momentum buffer or μ = 0).
+template <typename T>
+inline void update_block(const T* __restrict W, const T* __restrict P, const T* __restrict G0,
+                         const T* __restrict L, const T* __restrict Rt, int64_t len, int64_t m,
+                         int64_t n, T alpha, T mu, T* __restrict Wo, T* __restrict Po) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* po = Po + i * n;
+    T* wo = Wo + i * n;
+    const T* w = W + i * n;
+    if (G0) {
+      const T* g0 = G0 + i * n;
+      for (int64_t j = 0; j < n; ++j) po[j] = g0[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) po[j] = T(0);
+    }
+    for (int64_t t = 0; t < len; ++t) {
+      const T li = L[t * m + i];
+      const T* r = Rt + t * n;
+      for (int64_t j = 0; j < n; ++j) po[j] += li * r[j];
+    }
+    if (P) {
+      const T* pp = P + i * n;
+      for (int64_t j = 0; j < n; ++j) po[j] = mu * pp[j] - po[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) po[j] = -po[j];
+    }
+    for (int64_t j = 0; j < n; ++j) wo[j] = alpha * w[j] + po[j];
+  }
+}
+NLCORE_CPU_CLONES void update_block_f32(const float* W, const float* P, const float* G0,
+                                        const float* L, const float* Rt, int64_t len, int64_t m,
+                                        int64_t n, float alpha, float mu, float* Wo, float* Po) {
+  update_block<float>(W, P, G0, L, Rt, len, m, n, alpha, mu, Wo, Po);
+}
+NLCORE_CPU_CLONES void update_block_f64(const double* W, const double* P, const double* G0,
+                                        const double* L, const double* Rt, int64_t len, int64_t m,
+                                        int64_t n, double alpha, double mu, double* Wo,
+                                        double* Po) {
+  update_block<double>(W, P, G0, L, Rt, len, m, n, alpha, mu, Wo, Po);
+}
+
+// The state part of a complete chunk's backward for one weight block, in one pass:
+//   S = gP + gW,  dG = −S,  gP_start = μ S,  gW_start = α gW,  returns ⟨gW, W⟩.
+// gP may be null (zero); gPs is not written when null.
+template <typename T>
+inline double state_back_block(const T* __restrict gW, const T* __restrict gP,
+                               const T* __restrict W, int64_t size, T alpha, T mu,
+                               T* __restrict dG, T* __restrict gPs, T* __restrict gWs) {
+  double dot = 0;
+  for (int64_t j = 0; j < size; ++j) {
+    const T gw = gW[j];
+    const T s = gP ? gP[j] + gw : gw;
+    dG[j] = -s;
+    if (gPs) gPs[j] = mu * s;
+    gWs[j] = alpha * gw;
+    dot += static_cast<double>(gw * W[j]);
+  }
+  return dot;
+}
+NLCORE_CPU_CLONES double state_back_block_f32(const float* gW, const float* gP, const float* W,
+                                              int64_t size, float alpha, float mu, float* dG,
+                                              float* gPs, float* gWs) {
+  return state_back_block<float>(gW, gP, W, size, alpha, mu, dG, gPs, gWs);
+}
+NLCORE_CPU_CLONES double state_back_block_f64(const double* gW, const double* gP,
+                                              const double* W, int64_t size, double alpha,
+                                              double mu, double* dG, double* gPs,
+                                              double* gWs) {
+  return state_back_block<double>(gW, gP, W, size, alpha, mu, dG, gPs, gWs);
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// W', P' of a complete chunk's update for one weight [R, H, m, n] (see update_block); G0, P,
+// L/Rt may be undefined. L [R, H, len, m], Rt [R, H, len, n]; alpha [R, H].
+std::pair<at::Tensor, at::Tensor> fused_update(const at::Tensor& W_, const at::Tensor& P_,
+                                               const at::Tensor& G0_, const at::Tensor& L_,
+                                               const at::Tensor& Rt_, const at::Tensor& alpha_,
+                                               double mu) {
+  const at::Tensor W = W_.contiguous(), alpha = alpha_.contiguous();
+  const at::Tensor P = (P_.defined() && mu != 0.0) ? P_.contiguous() : at::Tensor();
+  const at::Tensor G0 = G0_.defined() ? G0_.contiguous() : at::Tensor();
+  const at::Tensor L = L_.defined() ? L_.contiguous() : at::Tensor();
+  const at::Tensor Rt = Rt_.defined() ? Rt_.contiguous() : at::Tensor();
+  const int64_t RH = W.size(0) * W.size(1), m = W.size(2), n = W.size(3);
+  const int64_t len = L.defined() ? L.size(2) : 0, blk = m * n;
+  at::Tensor Wo = at::empty_like(W), Po = at::empty_like(W);
+  const bool f64 = W.scalar_type() == at::kDouble;
+  at::parallel_for(0, RH, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (f64) {
+        const double* p = ptr_or_null<double>(P);
+        const double* g0 = ptr_or_null<double>(G0);
+        const double* l = ptr_or_null<double>(L);
+        const double* r = ptr_or_null<double>(Rt);
+        update_block_f64(W.data_ptr<double>() + b * blk, p ? p + b * blk : nullptr,
+                         g0 ? g0 + b * blk : nullptr, l ? l + b * len * m : nullptr,
+                         r ? r + b * len * n : nullptr, len, m, n, alpha.data_ptr<double>()[b],
+                         mu, Wo.data_ptr<double>() + b * blk, Po.data_ptr<double>() + b * blk);
+      } else {
+        const float* p = ptr_or_null<float>(P);
+        const float* g0 = ptr_or_null<float>(G0);
+        const float* l = ptr_or_null<float>(L);
+        const float* r = ptr_or_null<float>(Rt);
+        update_block_f32(W.data_ptr<float>() + b * blk, p ? p + b * blk : nullptr,
+                         g0 ? g0 + b * blk : nullptr, l ? l + b * len * m : nullptr,
+                         r ? r + b * len * n : nullptr, len, m, n, alpha.data_ptr<float>()[b],
+                         static_cast<float>(mu), Wo.data_ptr<float>() + b * blk,
+                         Po.data_ptr<float>() + b * blk);
+      }
+    }
+  });
+  return {Wo, Po};
+}
+
+struct StateBack {
+  at::Tensor dG, gP, gW, dot;  // gP undefined when μ = 0; dot [R, H]
+};
+
+StateBack fused_state_backward(const at::Tensor& gW_, const at::Tensor& gP_, const at::Tensor& W_,
+                               const at::Tensor& alpha_, double mu) {
+  const at::Tensor gW = gW_.contiguous(), W = W_.contiguous(), alpha = alpha_.contiguous();
+  const at::Tensor gP = gP_.defined() ? gP_.contiguous() : at::Tensor();
+  const int64_t R = W.size(0), H = W.size(1), blk = W.size(2) * W.size(3);
+  StateBack r;
+  r.dG = at::empty_like(W);
+  r.gW = at::empty_like(W);
+  if (mu != 0.0) r.gP = at::empty_like(W);
+  r.dot = at::empty({R, H}, W.options());
+  const bool f64 = W.scalar_type() == at::kDouble;
+  at::parallel_for(0, R * H, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (f64) {
+        const double* gp = ptr_or_null<double>(gP);
+        double* gps = r.gP.defined() ? r.gP.data_ptr<double>() + b * blk : nullptr;
+        r.dot.data_ptr<double>()[b] = state_back_block_f64(
+            gW.data_ptr<double>() + b * blk, gp ? gp + b * blk : nullptr,
+            W.data_ptr<double>() + b * blk, blk, alpha.data_ptr<double>()[b], mu,
+            r.dG.data_ptr<double>() + b * blk, gps, r.gW.data_ptr<double>() + b * blk);
+      } else {
+        const float* gp = ptr_or_null<float>(gP);
+        float* gps = r.gP.defined() ? r.gP.data_ptr<float>() + b * blk : nullptr;
+        r.dot.data_ptr<float>()[b] = static_cast<float>(state_back_block_f32(
+            gW.data_ptr<float>() + b * blk, gp ? gp + b * blk : nullptr,
+            W.data_ptr<float>() + b * blk, blk, alpha.data_ptr<float>()[b],
+            static_cast<float>(mu), r.dG.data_ptr<float>() + b * blk, gps,
+            r.gW.data_ptr<float>() + b * blk));
+      }
+    }
+  });
+  return r;
+}
+
+// Up to this many tokens the update sums the chunk's rank-one terms inline (no G tensor).
+constexpr int64_t kInlineTokens = 8;
+
+}  // namespace
 
 Prec make_prec(at::ScalarType seq, at::ScalarType weights) {
   Prec p;
@@ -105,19 +274,21 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
 State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
                    const Prec& p) {
   State n = st;
-  n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, f.lay.exact)  // G1 = A1 + Q1ᵀ K
-                         : mm(p, tr(f.Q1), f.K, false, f.lay.exact);
-  n.a2 = st.a2.defined() ? mma(p, st.a2, tr(f.Eeta), f.Hk) : mm(p, tr(f.Eeta), f.Hk);  // G2
   n.ag = st.ag.defined() ? st.ag + f.gsum : f.gsum;
+  // G1 = A1 + Q1ᵀ K, G2 = A2 + Eηᵀ H
+  const bool inline_g = c.complete && !p.round && f.len <= kInlineTokens;
+  if (!inline_g) {
+    n.a1 = st.a1.defined() ? mma(p, st.a1, tr(f.Q1), f.K, false, f.lay.exact)
+                           : mm(p, tr(f.Q1), f.K, false, f.lay.exact);
+    n.a2 = st.a2.defined() ? mma(p, st.a2, tr(f.Eeta), f.Hk) : mm(p, tr(f.Eeta), f.Hk);
+  }
   if (!c.complete) return n;
-  const at::Tensor alpha = n.ag.exp().unsqueeze(-1).unsqueeze(-1);
-  auto momentum = [&](const at::Tensor& P, const at::Tensor& G) {  // μ P − G
-    return a.momentum == 0.0 ? -G : at::sub(P * a.momentum, G);
-  };
-  n.p1 = momentum(st.p1, n.a1);
-  n.p2 = momentum(st.p2, n.a2);
-  n.w1 = at::addcmul(n.p1, alpha, st.w1);                      // ᾱ W + P
-  n.w2 = at::addcmul(n.p2, alpha, st.w2);
+  // P ← μ P − G, W ← ᾱ W + P, one pass per weight
+  const at::Tensor alpha = n.ag.exp();
+  std::tie(n.w1, n.p1) = inline_g ? fused_update(st.w1, st.p1, st.a1, f.Q1, f.K, alpha, a.momentum)
+                                  : fused_update(st.w1, st.p1, n.a1, {}, {}, alpha, a.momentum);
+  std::tie(n.w2, n.p2) = inline_g ? fused_update(st.w2, st.p2, st.a2, f.Eeta, f.Hk, alpha, a.momentum)
+                                  : fused_update(st.w2, st.p2, n.a2, {}, {}, alpha, a.momentum);
   n.a1 = n.a2 = n.ag = at::Tensor();
   return n;
 }
@@ -128,16 +299,17 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   Grad gs;
   at::Tensor dG1, dG2, dsum;
   if (c.complete) {
+    // T = dP' + dW', dG = −T, dP = μ T, dW = ᾱ dW', dΣg = ᾱ (⟨dW1', W1⟩ + ⟨dW2', W2⟩)
     const at::Tensor alpha = (st.ag.defined() ? st.ag + f.gsum : f.gsum).exp();  // [R, H]
-    const at::Tensor al = alpha.unsqueeze(-1).unsqueeze(-1);
-    const at::Tensor t1 = gn.p1 + gn.w1, t2 = gn.p2 + gn.w2;
-    dG1 = -t1;
-    dG2 = -t2;
-    gs.p1 = a.momentum * t1;
-    gs.p2 = a.momentum * t2;
-    gs.w1 = al * gn.w1;
-    gs.w2 = al * gn.w2;
-    dsum = alpha * ((gn.w1 * st.w1).sum({-1, -2}) + (gn.w2 * st.w2).sum({-1, -2}));
+    StateBack b1 = fused_state_backward(gn.w1, gn.p1, st.w1, alpha, a.momentum);
+    StateBack b2 = fused_state_backward(gn.w2, gn.p2, st.w2, alpha, a.momentum);
+    dG1 = b1.dG;
+    dG2 = b2.dG;
+    gs.p1 = b1.gP;  // undefined (zero) when μ = 0
+    gs.p2 = b2.gP;
+    gs.w1 = b1.gW;
+    gs.w2 = b2.gW;
+    dsum = alpha * (b1.dot + b2.dot);
   } else {
     dG1 = gn.a1;
     dG2 = gn.a2;
