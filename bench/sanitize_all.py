@@ -7,13 +7,15 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import sanitize_dgd, sanitize_memory_mlp, sanitize_newton_schulz  # noqa: E402
+from bench import (sanitize_dgd, sanitize_memory_mlp, sanitize_newton_schulz,  # noqa: E402
+                   sanitize_self_modifying)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     worst = 0
-    for mod in (sanitize_newton_schulz, sanitize_dgd, sanitize_memory_mlp):
+    for mod in (sanitize_newton_schulz, sanitize_dgd, sanitize_memory_mlp,
+                sanitize_self_modifying):
         rc = mod.main(argv)
         worst = max(worst, rc)
         if rc == 2:  # the CUDA context is unusable after a fault

@@ -450,3 +450,17 @@ def test_cuda_varlen_and_streaming_match_cpu():
     assert_close([torch.cat(p, 1) for p in zip(*outs)], full[:4], 1e-4)
     for a, b in zip(st[:7], full[4][:7]):
         assert rel_err(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rows_with_different_open_chunks(dtype):
+    """Batch rows whose open chunks differ run one by one; outputs keep x's dtype."""
+    x = make_inputs(B=2, T=9, dtype=dtype)
+    st = call(op, dict(x, x=x["x"][:, :5]), 4)[4]
+    st = st._replace(n=torch.tensor([1, 3]))
+    k, v, eta, g, st2 = call(op, dict(x, x=x["x"][:, 5:]), 4, state=st)
+    assert k.dtype == dtype and eta.dtype == torch.float32
+    for b in range(2):
+        sb = MLPMemoryState(*[t[:, b:b + 1] if t.dim() == 5 else t[b:b + 1] for t in st])
+        kb = call(op, dict(x, x=x["x"][b:b + 1, 5:]), 4, state=sb)[0]
+        assert torch.equal(k[b:b + 1], kb)

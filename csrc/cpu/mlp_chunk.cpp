@@ -467,7 +467,7 @@ void put_tokens(at::Tensor& dst, const at::Tensor& src, const Group& gr, bool va
   else if (static_cast<int64_t>(gr.rows.size()) == dst.size(0))  // every row, in order
     dst.copy_(s);
   else
-    dst.index_copy_(0, long_tensor(gr.rows), s.contiguous());
+    dst.index_copy_(0, long_tensor(gr.rows), s.to(dst.scalar_type()).contiguous());
 }
 
 }  // namespace nlcore::cpu::mlp

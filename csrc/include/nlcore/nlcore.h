@@ -6,4 +6,5 @@
 #include "nlcore/dgd.h"
 #include "nlcore/m3.h"
 #include "nlcore/memory_mlp.h"
+#include "nlcore/self_modifying.h"
 #endif /* NLCORE_NLCORE_H_ */
