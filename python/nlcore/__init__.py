@@ -6,10 +6,11 @@ from . import ops, reference
 from ._state import MLPMemoryState
 from . import optim
 from . import nn
+from . import models
 
 __version__ = "0.1.0"
 
-__all__ = ["MLPMemoryState", "nn", "ops", "optim", "reference", "cuda_kernels_available"]
+__all__ = ["MLPMemoryState", "models", "nn", "ops", "optim", "reference", "cuda_kernels_available"]
 
 
 def cuda_kernels_available() -> bool:
