@@ -63,15 +63,24 @@ template <typename T>
 inline double state_back_block(const T* __restrict gW, const T* __restrict gP,
                                const T* __restrict W, int64_t size, T alpha, T mu,
                                T* __restrict dG, T* __restrict gPs, T* __restrict gWs) {
-  double dot = 0;
   for (int64_t j = 0; j < size; ++j) {
     const T gw = gW[j];
     const T s = gP ? gP[j] + gw : gw;
     dG[j] = -s;
-    if (gPs) gPs[j] = mu * s;
     gWs[j] = alpha * gw;
-    dot += static_cast<double>(gw * W[j]);
   }
+  if (gPs)
+    for (int64_t j = 0; j < size; ++j) gPs[j] = -mu * dG[j];
+  // ⟨gW, W⟩ in kLanes independent partial sums (a plain FP reduction does not vectorize
+  // without -ffast-math), added up in double at the end
+  constexpr int kLanes = 16;
+  T acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= size; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += gW[j + l] * W[j + l];
+  double dot = 0;
+  for (; j < size; ++j) dot += static_cast<double>(gW[j]) * W[j];
+  for (int l = 0; l < kLanes; ++l) dot += acc[l];
   return dot;
 }
 NLCORE_CPU_CLONES double state_back_block_f32(const float* gW, const float* gP, const float* W,
@@ -207,6 +216,15 @@ at::Tensor mma(const Prec& p, const at::Tensor& c, const at::Tensor& a, const at
                      A.reshape({R * H, A.size(2), A.size(3)}),
                      B.reshape({R * H, B.size(2), B.size(3)}))
       .view({R, H, A.size(2), B.size(3)});
+}
+
+void mma_(const Prec& p, at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool a_exact,
+          bool b_exact) {
+  if (!c.is_contiguous()) c = c.contiguous();
+  const at::Tensor A = a_exact ? a : rnd(p, a), B = b_exact ? b : rnd(p, b);
+  const int64_t R = A.size(0), H = A.size(1);
+  c.view({R * H, c.size(2), c.size(3)})
+      .baddbmm_(A.reshape({R * H, A.size(2), A.size(3)}), B.reshape({R * H, B.size(2), B.size(3)}));
 }
 
 Act activate(const at::Tensor& z, MlpActivation a, bool second) {
@@ -351,11 +369,12 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   const at::Tensor dOut = at::stack(rows, 3).flatten(2, 3);     // [R, H, len·nr, D]
   at::Tensor dHall = mm(p, dOut, st.w2);                       // [len·nr, F]
   rows_of(dHall, f.len, nr, kK).add_(dHk);
-  gs.w2 = mma(p, mma(p, gs.w2, tr(f.Eeta), dR), tr(dOut), f.Hall);
+  mma_(p, gs.w2, tr(f.Eeta), dR);
+  mma_(p, gs.w2, tr(dOut), f.Hall);
   at::Tensor dZ = dHall * f.dHall;
   rows_of(dZ, f.len, nr, kK).add_(dZk);
   const at::Tensor dUc = a.residual ? mma(p, dOut, dZ, st.w1) : mm(p, dZ, st.w1);
-  gs.w1 = mma(p, gs.w1, tr(dZ), f.U, false, f.lay.exact);
+  mma_(p, gs.w1, tr(dZ), f.U, false, f.lay.exact);
   at::Tensor dUr = dUc.unflatten(2, {f.len, nr});
   dUr.select(3, kK).add_(dK);
   dU.copy_(dUr);

@@ -30,6 +30,10 @@ at::Tensor mm(const Prec& p, const at::Tensor& a, const at::Tensor& b, bool a_ex
 // c + a·b in one baddbmm (c [R, H, m, n], any strides).
 at::Tensor mma(const Prec& p, const at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
                bool a_exact = false, bool b_exact = false);
+// c += a·b in place (c [R, H, m, n]; made contiguous first if it is not). For gradient
+// accumulators the caller owns: no copy of c.
+void mma_(const Prec& p, at::Tensor& c, const at::Tensor& a, const at::Tensor& b,
+          bool a_exact = false, bool b_exact = false);
 inline at::Tensor tr(const at::Tensor& t) { return t.transpose(-1, -2); }
 
 struct Act {

@@ -154,8 +154,8 @@ Grad sm_backward(const State& st, const SmFwd& r, const Chunk& c, const Grad& gn
                              .view({R, M * H, len, D});
   // 3. through the reads Rx = X + σ(X W1ᵀ) W2ᵀ
   const at::Tensor dZx = mm(p, dRx, st.w2) * r.dHx;
-  gs.w2 = mma(p, gs.w2, tr(dRx), r.Hx);
-  gs.w1 = mma(p, gs.w1, tr(dZx), r.X4, false, true);
+  mma_(p, gs.w2, tr(dRx), r.Hx);
+  mma_(p, gs.w1, tr(dZx), r.X4, false, true);
   sk.dX.narrow(2, c.s, len).copy_(sum_heads(mma(p, dRx, dZx, st.w1), H));
   return gs;
 }
