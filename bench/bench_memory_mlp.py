@@ -5,6 +5,12 @@ against
     reference           nlcore.reference.memory_mlp_scan, eager: a Python loop over chunks
                         (`scan_rows`), float32 compute (float64 for float64 inputs), backward
                         by autograd; the reference every row is compared with
+    nlcore[persistent]  (CUDA, experimental: left out with --no-experimental) the op with
+                        kernel="persistent" — DESIGN §7 step two, one launch per forward with a
+                        thread-block cluster per sequence and head keeping the weights on chip
+                        (the backward stays step one). Skipped, with the reason, where the op
+                        would fall back to step one (`memory_mlp_scan_path`), so the row never
+                        times step one under this name
     reference_compiled  `chunk_step` below under torch.compile, called from a Python loop over
                         chunks (`compiled_scan`; compiling the whole loop would unroll it, T/C
                         steps). GEMM operands in the sequence dtype when that is bf16/fp16
@@ -284,9 +290,26 @@ def _compiled_skip(device: torch.device) -> Optional[str]:
 # ---------------------------------------------------------------- implementations
 
 
-def _impls(cfg: Config, shape: Sequence[int], mode: str):
-    """(name, forward fn (x, k, v, eta, g, w_in, w_out) -> y, skip reason), the reference
-    first so the others are compared with its output."""
+def persistent_path(cfg: Config, shape: Sequence[int], dtype: torch.dtype):
+    """The path kernel="persistent" takes for a problem (a `ScanPath`), asked with a one-token
+    stand-in of its inputs (the choice depends on D, F, the dtype, N·H and the device, not T);
+    None where the op has no path query."""
+    try:
+        from nlcore.ops.memory_mlp import memory_mlp_scan_path
+    except ImportError:
+        return None
+    B, _, H, D, Fh, C = shape
+    x = torch.zeros(B, 1, H, D, device=cfg.device, dtype=dtype)
+    eta = torch.zeros(B, 1, H, device=cfg.device, dtype=GATE_DTYPE)
+    w_in = torch.zeros(H, Fh, D, device=cfg.device, dtype=WEIGHT_DTYPE)
+    w_out = torch.zeros(H, D, Fh, device=cfg.device, dtype=WEIGHT_DTYPE)
+    return memory_mlp_scan_path(x, x, x, eta, w_in, w_out, C, g=eta, **FLAGS,
+                                kernel="persistent")
+
+
+def _impls(cfg: Config, shape: Sequence[int], mode: str, dtype: torch.dtype = torch.float32):
+    """(name, forward fn (x, k, v, eta, g, w_in, w_out) -> y, experimental, skip reason), the
+    reference first so the others are compared with its output."""
     from nlcore.ops import memory_mlp_scan
     from nlcore.reference import memory_mlp_scan as reference
     C = shape[5]
@@ -300,6 +323,10 @@ def _impls(cfg: Config, shape: Sequence[int], mode: str):
     def comp(x, k, v, eta, g, w_in, w_out):
         return compiled_scan(x, k, v, eta, g, w_in, w_out, C)
 
+    def persistent(x, k, v, eta, g, w_in, w_out):
+        return memory_mlp_scan(x, k, v, eta, w_in, w_out, C, g=g, **FLAGS,
+                               kernel="persistent")[0]
+
     too_big = None
     if cfg.is_cuda and mode == "fwdbwd":
         need = autograd_bytes(shape)
@@ -311,7 +338,18 @@ def _impls(cfg: Config, shape: Sequence[int], mode: str):
         comp_skip = "torch.compile off (--no-compile, or --quick without --compile)"
     else:
         comp_skip = too_big or _compiled_skip(cfg.device)
-    return [(REF, ref, too_big), ("nlcore", ours, None), (COMPILED, comp, comp_skip)]
+    out = [(REF, ref, False, too_big), ("nlcore", ours, False, None),
+           (COMPILED, comp, False, comp_skip)]
+    if cfg.is_cuda and cfg.experimental:
+        try:
+            path = persistent_path(cfg, shape, dtype)
+            why = (None if path is not None and path.kernel == "persistent" else
+                   "no path query" if path is None else
+                   f"falls back to step one: {path.reason}")
+        except Exception as exc:
+            why = f"path query raised {type(exc).__name__}: {str(exc).strip()[:80]}"
+        out.append(("nlcore[persistent]", persistent, True, why))
+    return out
 
 
 def _sets_maker(cfg: Config, shape: Tuple[int, ...], dtype: torch.dtype, mode: str):
@@ -355,11 +393,12 @@ def tasks(cfg: Config) -> List[Task]:
                 make = _sets_maker(cfg, shape, dtype, mode)
                 params = {"chunk": shape[5], **FLAGS, "w_shared": True,
                           "gate_dtype": str(GATE_DTYPE).replace("torch.", "")}
-                for name, fwd, skip in _impls(cfg, shape, mode):
+                for name, fwd, experimental, skip in _impls(cfg, shape, mode, dtype):
                     out.append(Task(op=NAME, impl=name, mode=mode, shape=shape, dtype=dtype,
                                     fn=_timed(fwd, mode), make_sets=make,
                                     flops=flops(shape, mode), nbytes=nbytes(shape, dtype, mode),
-                                    ref_impl=REF, params=params, skip=skip))
+                                    ref_impl=REF, params=params, experimental=experimental,
+                                    skip=skip))
     return out
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from nlcore import MLPMemoryState
 from nlcore.ops import memory_mlp_scan as op
+from nlcore.ops.memory_mlp import memory_mlp_scan_path
 from nlcore.reference import memory_mlp_scan as ref
 from nlcore.reference.memory_mlp import activation_and_slope
 
@@ -54,7 +55,7 @@ def loss_of(y, st, seed=0):
     gen = torch.Generator().manual_seed(seed)
     total = 0
     for t in (y,) + tuple(st[:7]):
-        w = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+        w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)
         total = total + (t.to(torch.float64) * w).sum()
     return total
 
@@ -264,7 +265,7 @@ def test_long_sequence_finite():
 # ---------------------------------------------------------------------- torch integration
 def _op_args(x, C=3):
     return (x["x"], x["k"], x["v"], x["eta"], x["g"], x["w_in"], x["w_out"], None, None, None,
-            None, None, None, None, C, 0.5, "silu", True, "l2", True, True, 2)
+            None, None, None, None, C, 0.5, "silu", True, "l2", True, True, 2, 0)
 
 
 def test_opcheck():
@@ -334,6 +335,9 @@ def _good():
     (dict(x=torch.ones(2, 5, 2, 4, dtype=torch.int32)), TypeError, "x must be a floating"),
     (dict(k=torch.randn(2, 5, 2, 4, dtype=torch.float64)), TypeError, "share one dtype"),
     (dict(w_in=None), ValueError, "w_in and w_out are required"),
+    (dict(kernel="fast"), ValueError, "kernel must be one of"),
+    (dict(kernel=2), ValueError, "kernel must be one of"),
+    (dict(kernel=None), ValueError, "kernel must be one of"),
 ])
 def test_bad_input(over, exc, match):
     kw = _good()
@@ -380,3 +384,166 @@ def test_cuda_matches_cpu(dtype):
     for a, b in zip(st_g[:7], st_c[:7]):
         assert rel_err(a, b) < tol
     assert_close_all({n: t.cpu() for n, t in g_g.items()}, g_c, tol * 10)
+
+
+# --------------------------------------------------------------- kernel selection (DESIGN §7)
+def test_kernel_argument_on_cpu():
+    """CPU tensors ignore the kernel choice (one algorithm) and say so; the raw op checks the
+    int it is given."""
+    x = make_inputs(B=1, T=9, dtype=torch.float32)
+    outs = [call(op, x, 4, momentum=0.5, kernel=kern) for kern in ("auto", "step", "persistent")]
+    for y, st in outs[1:]:
+        assert torch.equal(y, outs[0][0])
+        assert all(torch.equal(a, b) for a, b in zip(st, outs[0][1]))
+    path = memory_mlp_scan_path(x["x"], x["k"], x["v"], x["eta"], x["w_in"], x["w_out"], 4,
+                                g=x["g"], kernel="persistent")
+    assert path.kernel == "cpu" and path.cluster_size == 0, path
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        memory_mlp_scan_path(x["x"], x["k"], x["v"], x["eta"], x["w_in"], x["w_out"], 4,
+                             kernel="cluster")
+    args = list(_op_args(leaves(make_inputs(B=1, T=7, H=1, D=4, F_=8))))
+    args[-1] = 7
+    with pytest.raises(ValueError, match="kernel must be 0"):
+        torch.ops.nlcore.memory_mlp_scan(*args)
+
+
+# The persistent kernel against the CPU op. Slices: (D, F) -> cluster size 1, 2, 4, 8.
+_PERSIST_SHAPES = [(32, 64), (64, 256), (128, 256), (128, 512)]
+_CLUSTER = {(32, 64): 1, (64, 256): 2, (128, 256): 4, (128, 512): 8}
+
+
+def _persist_path(x, C, state=None, **kw):
+    """The path kernel="persistent" takes; on a Hopper GPU it must be the persistent kernel
+    with the cluster size of persistent.h (no silent fallback)."""
+    w_in, w_out = (None, None) if state is not None else (x["w_in"], x["w_out"])
+    path = memory_mlp_scan_path(x["x"], x["k"], x["v"], x["eta"], w_in, w_out, C, g=x["g"],
+                                initial_state=state, kernel="persistent", **kw)
+    print("path:", path)
+    if torch.cuda.get_device_capability()[0] == 9:
+        assert path.kernel == "persistent", path
+        D, F_ = x["x"].shape[-1], (x["w_in"] if state is None else state[0]).shape[-2]
+        assert path.cluster_size == _CLUSTER.get((D, F_), path.cluster_size), path
+    return path
+
+
+def _compare_persistent(x, C, tol, state=None, cu=None, **kw):
+    """y and every entry of the final state: kernel="persistent" on the GPU vs the CPU op."""
+    from conftest import poison_cuda_cache
+    y_c, st_c = call(op, x, C, state=state, cu_seqlens=cu, **kw)
+    poison_cuda_cache()
+    dev = {n: (None if t is None else t.cuda()) for n, t in x.items()}
+    st_g = None if state is None else [t.cuda() for t in state]
+    cu_g = None if cu is None else cu.cuda()
+    path = _persist_path(dev, C, state=st_g, cu_seqlens=cu_g, **kw)
+    y_g, st_g = call(op, dev, C, state=st_g, cu_seqlens=cu_g, kernel="persistent", **kw)
+    assert rel_err(y_g.cpu(), y_c) < tol, (rel_err(y_g.cpu(), y_c), path)
+    for name, a, b in zip(MLPMemoryState._fields, st_g, st_c):
+        if name == "n":
+            assert torch.equal(a.cpu(), b), name
+        else:  # (rel_err: NaN anywhere fails; all-zero accumulators compare as 0)
+            assert rel_err(a.cpu(), b) < tol, (name, rel_err(a.cpu(), b), path)
+    return y_g, st_g
+
+
+def _tol(dtype):
+    return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("activation,residual,objective,self_target,dgd_erase",
+                         list(itertools.product(("silu", "gelu"), (True, False), ("l2", "dot"),
+                                                (False, True), (True, False))))
+@pytest.mark.parametrize("momentum", [0.0, 0.8])
+def test_cuda_persistent_every_flag(activation, residual, objective, self_target, dgd_erase,
+                                    momentum):
+    x = make_inputs(B=2, T=37, H=2, D=32, F_=64, dtype=torch.float32)
+    _compare_persistent(x, 8, _tol(torch.float32), momentum=momentum, activation=activation,
+                        residual=residual, objective=objective, self_target=self_target,
+                        dgd_erase=dgd_erase)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D,F_", _PERSIST_SHAPES)
+@pytest.mark.parametrize("objective,self_target,residual",
+                         list(itertools.product(("l2", "dot"), (False, True), (True, False))))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_persistent_clusters(D, F_, objective, self_target, residual, dtype):
+    """Every cluster size (the second layer's sums through distributed shared memory), with
+    a partial last chunk and chunks that are not a multiple of the 16-token tile."""
+    x = make_inputs(B=2, T=45, H=2, D=D, F_=F_, dtype=dtype, eta_scale=0.3)
+    _compare_persistent(x, 20, _tol(dtype), momentum=0.8, objective=objective,
+                        self_target=self_target, residual=residual,
+                        activation="gelu" if self_target else "silu", dgd_erase=residual)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D,F_", [(32, 64), (128, 512)])
+@pytest.mark.parametrize("C", [1, 16, 64])
+def test_cuda_persistent_chunk_sizes(D, F_, C):
+    """C = 1 (one tile row per chunk), a 16-token tile, and chunks of several tiles. (Per-token
+    updates take a gentler rate and momentum: 70 of them at μ = 0.9 diverge.)"""
+    x = make_inputs(B=1, T=70, H=2, D=D, F_=F_, dtype=torch.float32, per_seq=True,
+                    eta_scale=0.2 if C > 1 else 0.05)
+    _compare_persistent(x, C, _tol(torch.float32), momentum=0.9 if C > 1 else 0.5,
+                        self_target=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D,F_", [(32, 64), (64, 256)])
+@pytest.mark.parametrize("C,cuts", [(4, [3, 9]), (7, [1, 2, 3]), (1, [2])])
+def test_cuda_persistent_streaming(D, F_, C, cuts):
+    """Pieces with the state carried (an open chunk at the cut) on the GPU, against one call of
+    the CPU op."""
+    x = make_inputs(B=2, T=17, H=2, D=D, F_=F_, dtype=torch.float32, per_seq=True,
+                    eta_scale=0.2)
+    kw = dict(momentum=0.9, self_target=True)
+    y_c, st_c = call(op, x, C, **kw)
+    dev = {n: (None if t is None else t.cuda()) for n, t in x.items()}
+    ys, st = [], None
+    for a, b in zip([0] + cuts, cuts + [17]):
+        piece = dict(dev, **{n: dev[n][:, a:b] for n in ("x", "k", "v", "eta", "g")})
+        y, st = call(op, piece, C, state=st, kernel="persistent", **kw)
+        ys.append(y)
+    y = torch.cat(ys, 1)
+    assert rel_err(y.cpu(), y_c) < 1e-4
+    for name, a, b in zip(MLPMemoryState._fields, st, st_c):
+        assert torch.equal(a.cpu(), b) if name == "n" else rel_err(a.cpu(), b) < 1e-4, name
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("D,F_", [(32, 64), (128, 256)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_persistent_varlen_initial_state(D, F_, dtype):
+    """cu_seqlens with an empty sequence, per-sequence weights and an initial state whose open
+    chunks have random lengths."""
+    lens = [7, 0, 29, 4]
+    N, T, C, H = len(lens), sum(lens), 8, 2
+    x = make_inputs(B=1, T=T, H=H, D=D, F_=F_, dtype=dtype, eta_scale=0.3)
+    gen = torch.Generator().manual_seed(7)
+    state = [torch.randn(N, H, F_, D, generator=gen) / math.sqrt(D),
+             torch.randn(N, H, D, F_, generator=gen) / math.sqrt(F_)]
+    state += [0.01 * torch.randn(N, H, F_, D, generator=gen),
+              0.01 * torch.randn(N, H, D, F_, generator=gen)] * 2
+    state += [-0.01 * torch.rand(N, H, generator=gen), torch.randint(0, C, (N,), generator=gen)]
+    cu = torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32)
+    _compare_persistent(x, C, _tol(dtype), state=state, cu=cu, momentum=0.5, self_target=True)
+
+
+@pytest.mark.cuda
+def test_cuda_persistent_backward_and_path():
+    """The backward runs step one whatever the forward's kernel: gradients match the CPU op;
+    "auto" and "step" report step one with the reason."""
+    from conftest import poison_cuda_cache
+    x = make_inputs(B=2, T=37, H=2, D=64, F_=256, dtype=torch.float32)
+    kw = dict(momentum=0.5, self_target=True)
+    y_c, st_c, g_c = grads(op, x, 8, **kw)
+    poison_cuda_cache()
+    xg = {n: (None if t is None else t.cuda()) for n, t in x.items()}
+    y_g, st_g, g_g = grads(op, xg, 8, kernel="persistent", **kw)
+    assert rel_err(y_g.cpu(), y_c) < 1e-4
+    assert_close_all({n: t.cpu() for n, t in g_g.items()}, g_c, 1e-3)
+    for kern in ("auto", "step"):
+        path = memory_mlp_scan_path(xg["x"], xg["k"], xg["v"], xg["eta"], xg["w_in"],
+                                    xg["w_out"], 8, kernel=kern)
+        assert path.kernel == "step" and "PERSISTENT" in path.reason, path
+    _persist_path(xg, 8, **kw)

@@ -4,6 +4,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "torch/checks.h"
 
@@ -118,6 +121,13 @@ cpu::MlpScanArgs parse_memory_mlp_args(int64_t chunk_size, double momentum,
                           checkpoint_every};
 }
 
+void check_memory_mlp_kernel(int64_t kernel) {
+  TORCH_CHECK_VALUE(kernel == kMlpKernelAuto || kernel == kMlpKernelStep ||
+                        kernel == kMlpKernelPersistent,
+                    kOp, ": kernel must be 0 (\"auto\"), 1 (\"step\") or 2 (\"persistent\"), got ",
+                    kernel);
+}
+
 void check_memory_mlp_counts(const cpu::MlpScanInputs& in, int64_t chunk_size) {
   if (!in.n || !(in.n->device().is_cpu() || debug_checks())) return;
   const at::Tensor n = in.n->to(at::kCPU, at::kLong).contiguous();
@@ -138,15 +148,32 @@ std::vector<at::Tensor> scan_cpu(const at::Tensor& x, const at::Tensor& k, const
                                  const Opt& n, const Opt& cu_seqlens, int64_t chunk_size,
                                  double momentum, c10::string_view activation, bool residual,
                                  c10::string_view objective, bool self_target, bool dgd_erase,
-                                 int64_t checkpoint_every) {
+                                 int64_t checkpoint_every, int64_t kernel) {
   NoAutocast no_autocast;
   const cpu::MlpScanArgs a = parse_memory_mlp_args(
       chunk_size, momentum, std::string(activation), residual, std::string(objective),
       self_target, dgd_erase, checkpoint_every);
+  check_memory_mlp_kernel(kernel);  // CUDA-only choice: the CPU op has one algorithm
   const cpu::MlpScanInputs in = check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out,
                                                       acc_in, acc_out, acc_g, n, cu_seqlens);
   check_memory_mlp_counts(in, chunk_size);
   return cpu::memory_mlp_scan_forward(in, a);
+}
+
+// The path query on CPU tensors: the CPU op (path −1), after the same checks as the op.
+std::tuple<std::vector<int64_t>, std::string> scan_path_cpu(
+    const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& eta,
+    const Opt& g, const at::Tensor& w_in, const at::Tensor& w_out, const Opt& p_in,
+    const Opt& p_out, const Opt& acc_in, const Opt& acc_out, const Opt& acc_g, const Opt& n,
+    const Opt& cu_seqlens, int64_t chunk_size, double momentum, c10::string_view activation,
+    bool residual, c10::string_view objective, bool self_target, bool dgd_erase,
+    int64_t checkpoint_every, int64_t kernel) {
+  parse_memory_mlp_args(chunk_size, momentum, std::string(activation), residual,
+                        std::string(objective), self_target, dgd_erase, checkpoint_every);
+  check_memory_mlp_kernel(kernel);
+  check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n,
+                        cu_seqlens);
+  return {std::vector<int64_t>{-1, 0, 0}, std::string("CPU tensors: the CPU op")};
 }
 
 std::vector<at::Tensor> scan_backward_cpu(
@@ -155,13 +182,14 @@ std::vector<at::Tensor> scan_backward_cpu(
     const Opt& p_out, const Opt& acc_in, const Opt& acc_out, const Opt& acc_g, const Opt& n,
     const Opt& cu_seqlens, int64_t chunk_size, double momentum, c10::string_view activation,
     bool residual, c10::string_view objective, bool self_target, bool dgd_erase,
-    int64_t checkpoint_every, const at::Tensor& grad_y, const Opt& grad_w_in,
+    int64_t checkpoint_every, int64_t kernel, const at::Tensor& grad_y, const Opt& grad_w_in,
     const Opt& grad_w_out, const Opt& grad_p_in, const Opt& grad_p_out, const Opt& grad_acc_in,
     const Opt& grad_acc_out, const Opt& grad_acc_g) {
   NoAutocast no_autocast;
   const cpu::MlpScanArgs a = parse_memory_mlp_args(
       chunk_size, momentum, std::string(activation), residual, std::string(objective),
       self_target, dgd_erase, checkpoint_every);
+  check_memory_mlp_kernel(kernel);
   const cpu::MlpScanInputs in = check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out,
                                                       acc_in, acc_out, acc_g, n, cu_seqlens);
   check_memory_mlp_counts(in, chunk_size);
@@ -180,7 +208,7 @@ std::vector<at::Tensor> scan_backward_cpu(
   "Tensor x, Tensor k, Tensor v, Tensor eta, Tensor? g, Tensor w_in, Tensor w_out, "           \
   "Tensor? p_in, Tensor? p_out, Tensor? acc_in, Tensor? acc_out, Tensor? acc_g, Tensor? n, "   \
   "Tensor? cu_seqlens, int chunk_size, float momentum, str activation, bool residual, "        \
-  "str objective, bool self_target, bool dgd_erase, int checkpoint_every"
+  "str objective, bool self_target, bool dgd_erase, int checkpoint_every, int kernel"
 
 void define_memory_mlp(torch::Library& m) {
   // Outputs: y and the final state (w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n).
@@ -190,6 +218,9 @@ void define_memory_mlp(torch::Library& m) {
         ", Tensor grad_y, Tensor? grad_w_in, Tensor? grad_w_out, Tensor? grad_p_in, "
         "Tensor? grad_p_out, Tensor? grad_acc_in, Tensor? grad_acc_out, Tensor? grad_acc_g) "
         "-> Tensor[]");
+  // Which forward the op runs for these arguments: ([path, cluster_size, smem_bytes], reason),
+  // path −1 = the CPU op, 0 = CUDA step one, 1 = CUDA persistent (nlcore_memory_mlp_forward_path).
+  m.def("memory_mlp_scan_path(" NLCORE_MLP_SCAN_INPUTS ") -> (int[], str)");
 }
 
 }  // namespace nlcore::glue
@@ -197,4 +228,5 @@ void define_memory_mlp(torch::Library& m) {
 TORCH_LIBRARY_IMPL(nlcore, CPU, m) {
   m.impl("memory_mlp_scan", &nlcore::glue::scan_cpu);
   m.impl("memory_mlp_scan_backward", &nlcore::glue::scan_backward_cpu);
+  m.impl("memory_mlp_scan_path", &nlcore::glue::scan_path_cpu);
 }

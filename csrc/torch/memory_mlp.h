@@ -25,6 +25,15 @@ cpu::MlpScanInputs check_memory_mlp_args(
 // values, so it runs for CPU tensors or under NLCORE_DEBUG=1 only.
 void check_memory_mlp_counts(const cpu::MlpScanInputs& in, int64_t chunk_size);
 
+// The op's `kernel` argument (Python: kernel="auto" | "step" | "persistent"): which CUDA forward
+// runs. "auto" is step one until a GPU run has shown the persistent kernel correct and faster
+// (DESIGN §7); "persistent" sets NLCORE_MEMORY_MLP_FLAG_PERSISTENT (falls back to step one where
+// it cannot run). The CPU op and the CUDA backward ignore it (after this check).
+constexpr int64_t kMlpKernelAuto = 0;
+constexpr int64_t kMlpKernelStep = 1;
+constexpr int64_t kMlpKernelPersistent = 2;
+void check_memory_mlp_kernel(int64_t kernel);
+
 // Parses and checks the scalar arguments ("silu"/"gelu", "l2"/"dot", chunk_size >= 1, ...).
 cpu::MlpScanArgs parse_memory_mlp_args(int64_t chunk_size, double momentum,
                                        const std::string& activation, bool residual,

@@ -2,6 +2,8 @@
 // (csrc/include/nlcore/memory_mlp.h). Arguments are checked by the shared glue
 // (torch/memory_mlp.h); this file rejects float64, makes the contiguous fp32 copies the C API
 // wants, allocates outputs and the workspace on the current stream and translates the status.
+// `kernel` = 2 ("persistent") sets NLCORE_MEMORY_MLP_FLAG_PERSISTENT (the forward's persistent
+// cluster kernel where the device runs it; the backward is step one either way).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -9,6 +11,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "nlcore/memory_mlp.h"
@@ -42,10 +45,11 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
                  const Opt& acc_out, const Opt& acc_g, const Opt& n, const Opt& cu_seqlens,
                  int64_t chunk_size, double momentum, c10::string_view activation, bool residual,
                  c10::string_view objective, bool self_target, bool dgd_erase,
-                 int64_t checkpoint_every) {
+                 int64_t checkpoint_every, int64_t kernel) {
   const cpu::MlpScanArgs a = parse_memory_mlp_args(
       chunk_size, momentum, std::string(activation), residual, std::string(objective),
       self_target, dgd_erase, checkpoint_every);
+  check_memory_mlp_kernel(kernel);
   check_memory_mlp_counts(check_memory_mlp_args(x, k, v, eta, g, w_in, w_out, p_in, p_out,
                                                 acc_in, acc_out, acc_g, n, cu_seqlens),
                           chunk_size);  // n's range: CPU values or NLCORE_DEBUG=1 only
@@ -106,7 +110,8 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,
   p.cu_seqlens_dtype = (cu_seqlens && cu_seqlens->scalar_type() == at::kInt)
                            ? NLCORE_DTYPE_INT32
                            : NLCORE_DTYPE_INT64;
-  p.flags = NLCORE_MEMORY_MLP_FLAG_DEFAULT;
+  p.flags = kernel == kMlpKernelPersistent ? NLCORE_MEMORY_MLP_FLAG_PERSISTENT
+                                           : NLCORE_MEMORY_MLP_FLAG_DEFAULT;
 
   nlcore_memory_mlp_tensors_t& t = r.t;
   t.x = r.x.data_ptr();
@@ -150,12 +155,12 @@ std::vector<at::Tensor> scan_cuda(const at::Tensor& x, const at::Tensor& k, cons
                                   const Opt& n, const Opt& cu_seqlens, int64_t chunk_size,
                                   double momentum, c10::string_view activation, bool residual,
                                   c10::string_view objective, bool self_target, bool dgd_erase,
-                                  int64_t checkpoint_every) {
+                                  int64_t checkpoint_every, int64_t kernel) {
   NoAutocast no_autocast;
   c10::cuda::CUDAGuard guard(x.device());
   Prepared r = prepare(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n,
                        cu_seqlens, chunk_size, momentum, activation, residual, objective,
-                       self_target, dgd_erase, checkpoint_every);
+                       self_target, dgd_erase, checkpoint_every, kernel);
   const int64_t H = r.p.heads, D = r.p.head_dim, F = r.F;
   const auto fopt = x.options().dtype(at::kFloat);
   at::Tensor y = at::empty_like(r.x, at::MemoryFormat::Contiguous);
@@ -198,14 +203,14 @@ std::vector<at::Tensor> scan_backward_cuda(
     const Opt& p_out, const Opt& acc_in, const Opt& acc_out, const Opt& acc_g, const Opt& n,
     const Opt& cu_seqlens, int64_t chunk_size, double momentum, c10::string_view activation,
     bool residual, c10::string_view objective, bool self_target, bool dgd_erase,
-    int64_t checkpoint_every, const at::Tensor& grad_y, const Opt& grad_w_in,
+    int64_t checkpoint_every, int64_t kernel, const at::Tensor& grad_y, const Opt& grad_w_in,
     const Opt& grad_w_out, const Opt& grad_p_in, const Opt& grad_p_out, const Opt& grad_acc_in,
     const Opt& grad_acc_out, const Opt& grad_acc_g) {
   NoAutocast no_autocast;
   c10::cuda::CUDAGuard guard(x.device());
   Prepared r = prepare(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n,
                        cu_seqlens, chunk_size, momentum, activation, residual, objective,
-                       self_target, dgd_erase, checkpoint_every);
+                       self_target, dgd_erase, checkpoint_every, kernel);
   const int64_t H = r.p.heads, D = r.p.head_dim, F = r.F;
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "memory_mlp_scan_backward: grad_y must have "
                     "x's shape ", x.sizes(), ", got ", grad_y.sizes());
@@ -295,10 +300,33 @@ std::vector<at::Tensor> scan_backward_cuda(
   return finish();
 }
 
+// Which forward scan_cuda runs for these arguments (no launch): ([path, cluster_size,
+// smem_bytes], reason) from nlcore_memory_mlp_forward_path on x's device.
+std::tuple<std::vector<int64_t>, std::string> scan_path_cuda(
+    const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, const at::Tensor& eta,
+    const Opt& g, const at::Tensor& w_in, const at::Tensor& w_out, const Opt& p_in,
+    const Opt& p_out, const Opt& acc_in, const Opt& acc_out, const Opt& acc_g, const Opt& n,
+    const Opt& cu_seqlens, int64_t chunk_size, double momentum, c10::string_view activation,
+    bool residual, c10::string_view objective, bool self_target, bool dgd_erase,
+    int64_t checkpoint_every, int64_t kernel) {
+  NoAutocast no_autocast;
+  c10::cuda::CUDAGuard guard(x.device());
+  Prepared r = prepare(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n,
+                       cu_seqlens, chunk_size, momentum, activation, residual, objective,
+                       self_target, dgd_erase, checkpoint_every, kernel);
+  if (r.p.seqlen == 0 || r.p.batch == 0 || r.N == 0)
+    return {std::vector<int64_t>{0, 0, 0}, std::string("empty problem: no kernel runs")};
+  nlcore_memory_mlp_path_t path{};
+  check_status(nlcore_memory_mlp_forward_path(&r.p, &path), "memory_mlp_scan_path");
+  return {std::vector<int64_t>{path.path, path.cluster_size, path.smem_bytes},
+          std::string(path.reason != nullptr ? path.reason : "")};
+}
+
 }  // namespace
 }  // namespace nlcore::glue
 
 TORCH_LIBRARY_IMPL(nlcore, CUDA, m) {
   m.impl("memory_mlp_scan", &nlcore::glue::scan_cuda);
   m.impl("memory_mlp_scan_backward", &nlcore::glue::scan_backward_cuda);
+  m.impl("memory_mlp_scan_path", &nlcore::glue::scan_path_cuda);
 }

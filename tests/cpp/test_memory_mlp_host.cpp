@@ -1,7 +1,10 @@
 // Host-only tests of the MLP-scan C API (no GPU needed): validation of every problem field,
 // tensor / gradient pointer and workspace argument (status + message, returned before any CUDA
 // call), workspace sizes against the shared layout function, and the host/device helpers of the
-// kernels (the chunk grid of a sequence, the host chunk bound, the activation derivatives).
+// kernels (the chunk grid of a sequence, the host chunk bound, the activation derivatives), and
+// the persistent kernel's partition (cluster split, slice shapes, shared-memory layout and
+// budget, the register-fragment ownership of the inner gradient, the y column split) and its
+// flag / path query.
 // Prints "N passed, M failed"; exits non-zero on failure.
 #include <cmath>
 #include <cstdint>
@@ -14,6 +17,7 @@
 #include "check.h"
 #include "memory_mlp/kernel_set.h"
 #include "memory_mlp/layout.h"
+#include "memory_mlp/persistent.h"
 #include "nlcore/nlcore.h"
 
 namespace {
@@ -603,6 +607,165 @@ void test_layout_and_sizes() {
         "kernel set name");
 }
 
+// ---- the persistent kernel (persistent.h) ------------------------------------------------
+namespace ps = nlcore::memory_mlp::persist;
+
+// G1 [rows × cols] / G2 split into register fragments: every element owned exactly once, by the
+// tile frag_tile_ref describes, within the matrix.
+bool fragments_cover(int rows, int cols) {
+  std::vector<int> owner(size_t(rows) * cols, 0);
+  const int nf = ps::frags_per_warp(rows, cols);
+  bool ok = nf >= 1 && ps::frags_even(rows, cols);
+  for (int w = 0; w < ps::kWarps; ++w)
+    for (int i = 0; i < nf; ++i) {
+      const ps::TileRC t = ps::frag_tile(cols, w, i), r = ps::frag_tile_ref(cols, w, i);
+      if (t.r0 != r.r0 || t.c0 != r.c0) ok = false;
+      for (int lane = 0; lane < 32; ++lane)
+        for (int e = 0; e < 4; ++e) {
+          const ps::ElemRC x = ps::frag_elem(cols, w, i, lane, e);
+          if (x.r < t.r0 || x.r >= t.r0 + 16 || x.c < t.c0 || x.c >= t.c0 + 8) ok = false;
+          if (x.r < 0 || x.r >= rows || x.c < 0 || x.c >= cols) {
+            ok = false;
+            continue;
+          }
+          ++owner[size_t(x.r) * cols + x.c];
+        }
+    }
+  for (int o : owner) ok = ok && o == 1;
+  return ok;
+}
+
+void test_persistent_partition() {
+  // the cluster split of every supported (D, F): smallest c with Fc·D <= kMaxSlice
+  struct Want {
+    int D, F, c;
+  };
+  const Want want[] = {{32, 32, 1},  {32, 64, 1},   {32, 128, 1}, {64, 64, 1},  {64, 128, 1},
+                       {64, 256, 2}, {128, 128, 2}, {128, 256, 4}, {128, 512, 8}};
+  for (const Want& w : want) {
+    const int c = ps::cluster_for(w.D, w.F);
+    CHECK(c == w.c, "cluster_for(%d, %d) = %d, want %d", w.D, w.F, c, w.c);
+    const int fc = w.F / w.c;
+    CHECK(ps::slice_built(w.D, fc), "slice (%d, %d) built", w.D, fc);
+    CHECK(int64_t(fc) * w.D <= ps::kMaxSlice && fc % 16 == 0, "slice (%d, %d) budget", w.D, fc);
+    CHECK(w.c == 1 || int64_t(2 * fc) * w.D > ps::kMaxSlice, "(%d, %d): c = %d is the smallest",
+          w.D, w.F, w.c);
+    const ps::Config cfg = ps::config_for(w.D, w.F);
+    CHECK(cfg.cluster == w.c && cfg.fc == fc && cfg.smem == ps::smem_bytes(w.D, fc) &&
+              cfg.smem <= ps::kSmemLimit,
+          "config_for(%d, %d): cluster %d fc %d smem %zu (%s)", w.D, w.F, cfg.cluster, cfg.fc,
+          cfg.smem, cfg.why);
+    // the hidden units split into c disjoint slices covering [0, F); y's columns likewise
+    std::vector<int> fown(w.F, 0), down(w.D, 0);
+    for (int r = 0; r < w.c; ++r) {
+      for (int f = r * fc; f < (r + 1) * fc; ++f) ++fown[f];
+      const ps::ColRange yc = ps::y_cols(w.D, w.c, r);
+      CHECK(yc.count >= 16 && yc.count * w.c == w.D, "y columns of rank %d: %d", r, yc.count);
+      for (int d = yc.d0; d < yc.d0 + yc.count && d < w.D; ++d) ++down[d];
+    }
+    bool once = true;
+    for (int o : fown) once = once && o == 1;
+    for (int o : down) once = once && o == 1;
+    CHECK(once, "(%d, %d): hidden units and y columns partitioned", w.D, w.F);
+  }
+  // no kernel for other shapes: the flag falls back (with a reason)
+  CHECK(ps::config_for(16, 16).cluster == 0 && std::strlen(ps::config_for(16, 16).why) > 0,
+        "(16, 16) not built");
+  CHECK(ps::config_for(48, 96).cluster == 0, "(48, 96) not built");
+  CHECK(ps::cluster_for(128, 1024) == 0, "(128, 1024) needs 16 CTAs: none");
+  CHECK(ps::cluster_for(32, 40) == 0, "slices must be multiples of 16 hidden units");
+  // every instantiated slice: fragments cover G1 [Fc × D] and G2 [D × Fc] once each, the same
+  // count per warp for both; shared memory aligned, ordered, within sm_90's 227 KiB
+  const int slices[][2] = {{32, 32}, {32, 64}, {32, 128}, {64, 64}, {64, 128}, {128, 64}};
+  for (const auto& sl : slices) {
+    const int D = sl[0], fc = sl[1];
+    CHECK(fragments_cover(fc, D) && fragments_cover(D, fc), "fragments of slice (%d, %d)", D, fc);
+    CHECK(ps::frags_per_warp(fc, D) == ps::frags_per_warp(D, fc) &&
+              8 * ps::frags_per_warp(fc, D) <= 64,
+          "(%d, %d): %d G registers per thread", D, fc, 8 * ps::frags_per_warp(fc, D));
+    const ps::Smem L = ps::smem_layout(D, fc);
+    const size_t offs[] = {L.w1, L.w2, L.x,  L.k,  L.v,  L.eta, L.g,  L.zk, L.hk,
+                           L.hx, L.hv, L.yp, L.ep, L.e,  L.p1,  L.p2, L.floats};
+    const size_t tok = ps::kTok, td = tok * L.ldd, tf = tok * L.ldf;
+    const size_t sizes[] = {size_t(fc) * L.ldw1, size_t(D) * L.ldw2, td, td, td, tok, tok,
+                            tf, tf, tf, tf, 2 * td, 2 * td, td, size_t(fc) * L.ldw1,
+                            size_t(D) * L.ldw2};
+    bool ok = L.ldw1 % 4 == 0 && L.ldw2 % 4 == 0 && L.ldd % 4 == 0 && L.ldf % 4 == 0 &&
+              L.ldw1 >= D && L.ldw2 >= fc && L.ldd >= D && L.ldf >= fc;
+    for (size_t i = 0; i + 1 < sizeof(offs) / sizeof(offs[0]); ++i)
+      ok = ok && offs[i] % 4 == 0 && offs[i] + sizes[i] <= offs[i + 1];
+    CHECK(ok, "smem layout of slice (%d, %d)", D, fc);
+    CHECK(ps::smem_bytes(D, fc) == L.floats * 4 && ps::smem_bytes(D, fc) <= ps::kSmemLimit,
+          "smem of slice (%d, %d) = %zu", D, fc, ps::smem_bytes(D, fc));
+  }
+  CHECK(ps::smem_bytes(128, 64) == 222336 && ps::smem_bytes(64, 128) == 205952,
+        "largest slices: %zu, %zu bytes", ps::smem_bytes(128, 64), ps::smem_bytes(64, 128));
+}
+
+// The flag through the C API. Without a usable device (CI) the flag's path is STEP with a
+// reason; on a Hopper GPU it is PERSISTENT with the cluster of persistent.h.
+void test_persistent_api() {
+  nlcore_memory_mlp_problem_t p = base();
+  nlcore_memory_mlp_path_t path{};
+  path.path = 99;
+  CHECK(nlcore_memory_mlp_forward_path(&p, &path) == NLCORE_STATUS_SUCCESS &&
+            path.path == NLCORE_MEMORY_MLP_PATH_STEP && path.cluster_size == 0 &&
+            path.reason != nullptr && contains(path.reason, "FLAG_PERSISTENT"),
+        "no flag: step (%s)", path.reason ? path.reason : "NULL");
+  CHECK(nlcore_memory_mlp_forward_path(&p, nullptr) == NLCORE_STATUS_INVALID_VALUE &&
+            contains(nlcore_last_error_message(), "path is NULL"),
+        "NULL path: %s", nlcore_last_error_message());
+  nlcore_memory_mlp_problem_t bad = base();
+  bad.chunk_size = 0;
+  CHECK(nlcore_memory_mlp_forward_path(&bad, &path) == NLCORE_STATUS_INVALID_VALUE &&
+            contains(nlcore_last_error_message(), "chunk_size"),
+        "path query validates: %s", nlcore_last_error_message());
+  bad = base();
+  bad.flags = NLCORE_MEMORY_MLP_FLAG_PERSISTENT | 0x2u;
+  expect_reject("flags=PERSISTENT|0x2", bad, NLCORE_STATUS_INVALID_VALUE, {"flags", "0x2"});
+
+  const mm::Dims d{p.batch, p.seqlen, p.num_sequences, p.heads, p.head_dim, p.hidden_dim,
+                   p.chunk_size, p.checkpoint_every, true, false};
+  const size_t step_fwd = mm::make_layout(d, false).total;
+  const size_t step_bwd = mm::make_layout(d, true).total;
+  for (int D : {32, 64, 128})
+    for (int mult : {1, 2, 4}) {
+      nlcore_memory_mlp_problem_t q = base();
+      q.flags = NLCORE_MEMORY_MLP_FLAG_PERSISTENT;
+      q.head_dim = D;
+      q.hidden_dim = mult * D;
+      path = nlcore_memory_mlp_path_t{};
+      const nlcore_status_t st = nlcore_memory_mlp_forward_path(&q, &path);
+      const ps::Config cfg = ps::config_for(D, mult * D);
+      const bool ok =
+          st == NLCORE_STATUS_SUCCESS && path.reason != nullptr &&
+          ((path.path == NLCORE_MEMORY_MLP_PATH_STEP && path.cluster_size == 0 &&
+            std::strlen(path.reason) > 0) ||
+           (path.path == NLCORE_MEMORY_MLP_PATH_PERSISTENT && path.cluster_size == cfg.cluster &&
+            path.smem_bytes == int64_t(cfg.smem) && path.reason[0] == '\0'));
+      CHECK(ok, "flag, D=%d F=%d: status %s path %d cluster %d (%s)", D, mult * D,
+            nlcore_status_string(st), path.path, path.cluster_size,
+            path.reason ? path.reason : "NULL");
+      // the forward's workspace follows the path; the backward's never changes
+      const mm::Dims dq{q.batch, q.seqlen, q.num_sequences, q.heads, D, mult * D, q.chunk_size,
+                        q.checkpoint_every, true, false};
+      size_t w0 = 1, w1 = 1;
+      CHECK(nlcore_memory_mlp_workspace_size(&q, 0, &w0) == NLCORE_STATUS_SUCCESS &&
+                w0 == (path.path == NLCORE_MEMORY_MLP_PATH_PERSISTENT
+                           ? 0 : mm::make_layout(dq, false).total),
+            "flag, D=%d F=%d: forward workspace %zu", D, mult * D, w0);
+      CHECK(nlcore_memory_mlp_workspace_size(&q, 1, &w1) == NLCORE_STATUS_SUCCESS &&
+                w1 == mm::make_layout(dq, true).total,
+            "flag, D=%d F=%d: backward workspace %zu", D, mult * D, w1);
+    }
+  // the flag leaves the backward's validation and size alone
+  p.flags = NLCORE_MEMORY_MLP_FLAG_PERSISTENT;
+  size_t wb = 0;
+  CHECK(nlcore_memory_mlp_workspace_size(&p, 1, &wb) == NLCORE_STATUS_SUCCESS && wb == step_bwd,
+        "flag: backward size %zu vs %zu", wb, step_bwd);
+  CHECK(step_fwd > 0, "step forward workspace");
+}
+
 }  // namespace
 
 int main() {
@@ -611,5 +774,7 @@ int main() {
   test_chunk_grid();
   test_activation();
   test_layout_and_sizes();
+  test_persistent_partition();
+  test_persistent_api();
   return nlcore_test::check_summary();
 }

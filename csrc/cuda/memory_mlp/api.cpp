@@ -1,7 +1,8 @@
 // nlcore C API for the MLP memory scan (nlcore/memory_mlp.h): validation, the workspace layout
-// (one function shared by the size query, the forward and the backward) and the dispatch to the
-// host drivers with the per-dtype GEMM launcher. Plain C++ (no kernels here). Every validation
-// failure returns before any CUDA runtime call.
+// (one function shared by the size query, the forward and the backward), the choice between the
+// step-one and the persistent forward (choose_path: one function shared by the path query, the
+// size query and the forward) and the dispatch to the host drivers. Plain C++ (no kernels
+// here). Every validation failure returns before any CUDA runtime call.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include "memory_mlp/kernel_set.h"
 #include "memory_mlp/launchers.h"
 #include "memory_mlp/layout.h"
+#include "memory_mlp/persistent.h"
 #include "nlcore/memory_mlp.h"
 
 namespace nlcore::memory_mlp {
@@ -140,10 +142,12 @@ nlcore_status_t make_plan(const nlcore_memory_mlp_problem_t* p, Plan* out) {
     return fail(NLCORE_STATUS_INVALID_VALUE,
                 "memory_mlp: problem->checkpoint_every must be >= 1, got %lld",
                 (long long)p->checkpoint_every);
-  if (p->flags != 0)
+  if ((p->flags & ~uint32_t(NLCORE_MEMORY_MLP_FLAG_PERSISTENT)) != 0)
     return fail(NLCORE_STATUS_INVALID_VALUE,
-                "memory_mlp: problem->flags has unknown bits 0x%x (no flags are defined)",
-                p->flags);
+                "memory_mlp: problem->flags has unknown bits 0x%x (known: "
+                "NLCORE_MEMORY_MLP_FLAG_PERSISTENT = 0x%x)",
+                p->flags & ~uint32_t(NLCORE_MEMORY_MLP_FLAG_PERSISTENT),
+                (unsigned)NLCORE_MEMORY_MLP_FLAG_PERSISTENT);
   if (!dtype_built(dt))
     return fail(NLCORE_STATUS_NOT_SUPPORTED,
                 "memory_mlp: problem->dtype = %s is not built in this kernel set ('%s'); rebuild "
@@ -298,21 +302,22 @@ nlcore_status_t check_grads(const Plan& P, const nlcore_memory_mlp_problem_t* p,
   return NLCORE_STATUS_SUCCESS;
 }
 
-nlcore_status_t check_workspace(const Layout& L, void* workspace, size_t workspace_bytes) {
-  if (L.total == 0) return NLCORE_STATUS_SUCCESS;
+nlcore_status_t check_workspace(size_t need, void* workspace, size_t workspace_bytes) {
+  if (need == 0) return NLCORE_STATUS_SUCCESS;
   if (workspace == nullptr)
     return fail(NLCORE_STATUS_INVALID_VALUE,
-                "memory_mlp: workspace is NULL but %zu bytes are required", L.total);
+                "memory_mlp: workspace is NULL but %zu bytes are required", need);
   if (reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlign != 0)
     return fail(NLCORE_STATUS_INVALID_VALUE, "memory_mlp: workspace (%p) must be %zu-byte aligned",
                 workspace, kWorkspaceAlign);
-  if (workspace_bytes < L.total)
+  if (workspace_bytes < need)
     return fail(NLCORE_STATUS_INSUFFICIENT_WORKSPACE,
                 "memory_mlp: workspace_bytes = %zu is smaller than the %zu bytes required",
-                workspace_bytes, L.total);
+                workspace_bytes, need);
   return NLCORE_STATUS_SUCCESS;
 }
 
+// workspace == NULL: no workspace pointers (the persistent forward uses none).
 Params make_params(const Plan& P, const Layout& L, const nlcore_memory_mlp_problem_t* p,
                    const nlcore_memory_mlp_tensors_t* t, void* workspace) {
   Params q{};
@@ -350,6 +355,7 @@ Params make_params(const Plan& P, const Layout& L, const nlcore_memory_mlp_probl
   q.a2_init = static_cast<const float*>(t->acc_out);
   q.ag_init = static_cast<const float*>(t->acc_g);
   q.n_init = static_cast<const int64_t*>(t->n);
+  if (workspace == nullptr) return q;
   char* ws = static_cast<char*>(workspace);
   auto f = [&](size_t off) { return reinterpret_cast<float*>(ws + off); };
   q.seq = reinterpret_cast<int64_t*>(ws + L.seq);
@@ -361,6 +367,97 @@ Params make_params(const Plan& P, const Layout& L, const nlcore_memory_mlp_probl
   q.E = f(L.E);
   q.Q1 = f(L.Q1);
   return q;
+}
+
+PersistFn find_persist(int dt) {
+  switch (dt) {
+    case NLCORE_DTYPE_BFLOAT16: return &persist_bf16;
+#if !defined(NLCORE_KERNEL_SET_CI)
+    case NLCORE_DTYPE_FLOAT16: return &persist_f16;
+    case NLCORE_DTYPE_FLOAT32: return &persist_f32;
+#endif
+  }
+  return nullptr;
+}
+
+// ---- step one or persistent ----------------------------------------------------------------
+struct Choice {
+  bool persistent;
+  PersistLaunch launch;
+  PersistFn fn;
+  const char* reason;  // static text; "" when persistent
+};
+
+// The forward's path for a validated problem: STEP unless the flag is set, the (D, F) slice
+// fits (persist::config_for), the dtype's kernel is built, and the current device can run a
+// cluster of that size with that much shared memory from a loaded sm_90 image. Runtime queries
+// only (no stream work, no sync); a failing one means STEP (its error is cleared).
+Choice choose_path(const Plan& P, const nlcore_memory_mlp_problem_t* p) {
+  Choice c{};
+  c.persistent = false;
+  if ((p->flags & NLCORE_MEMORY_MLP_FLAG_PERSISTENT) == 0) {
+    c.reason = "NLCORE_MEMORY_MLP_FLAG_PERSISTENT is not set";
+    return c;
+  }
+  const persist::Config cfg = persist::config_for(P.dims.D, P.dims.F);
+  if (cfg.cluster == 0) {
+    c.reason = cfg.why;
+    return c;
+  }
+  const int64_t pairs = P.dims.N * P.dims.H;
+  if (pairs * cfg.cluster > int64_t(INT32_MAX)) {
+    c.reason = "more CTAs (num_sequences x heads x cluster) than one launch takes";
+    return c;
+  }
+  c.fn = find_persist(P.dtype);
+  if (c.fn == nullptr) {
+    c.reason = "no persistent kernel for this dtype in this build";
+    return c;
+  }
+  c.launch.D = P.dims.D;
+  c.launch.fc = cfg.fc;
+  c.launch.cluster = cfg.cluster;
+  c.launch.smem = cfg.smem;
+  c.launch.pairs = pairs;
+  int dev = 0, major = 0, cluster_ok = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    c.reason = "no current CUDA device (cudaGetDevice failed)";
+    return c;
+  }
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&cluster_ok, cudaDevAttrClusterLaunch, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
+    c.reason = "cudaDeviceGetAttribute failed";
+    return c;
+  }
+  if (major < 9 || !cluster_ok) {
+    c.reason = "the device has no thread-block clusters (compute capability < 9.0)";
+    return c;
+  }
+  if (size_t(optin) < cfg.smem) {
+    c.reason = "the device's opt-in shared memory per block is smaller than the slice needs";
+    return c;
+  }
+  int max_clusters = 0;
+  if (c.fn(nullptr, c.launch, &max_clusters, nullptr) != NLCORE_STATUS_SUCCESS) {
+    (void)cudaGetLastError();
+    c.reason = "the persistent kernel cannot be loaded for this device (probe failed)";
+    return c;
+  }
+  if (max_clusters < 0) {
+    c.reason = "the loaded kernel image has no sm_90 body (build with 90a-real)";
+    return c;
+  }
+  if (max_clusters == 0) {
+    c.reason = "no cluster of this size and shared memory can be resident on the device";
+    return c;
+  }
+  c.persistent = true;
+  c.reason = "";
+  return c;
 }
 
 GemmFn find_gemm(int dt) {
@@ -393,7 +490,35 @@ NLCORE_API nlcore_status_t nlcore_memory_mlp_workspace_size(
     Plan P;
     const nlcore_status_t st = make_plan(problem, &P);
     if (st != NLCORE_STATUS_SUCCESS) return st;
-    *workspace_bytes = backward ? P.bwd.total : P.fwd.total;
+    if (backward) {
+      *workspace_bytes = P.bwd.total;
+    } else {
+      const bool persistent = (problem->flags & NLCORE_MEMORY_MLP_FLAG_PERSISTENT) != 0 &&
+                              choose_path(P, problem).persistent;
+      *workspace_bytes = persistent ? 0 : P.fwd.total;
+    }
+    return NLCORE_STATUS_SUCCESS;
+  } catch (...) {
+    return nlcore::detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
+                                "memory_mlp: unexpected C++ exception");
+  }
+}
+
+NLCORE_API nlcore_status_t nlcore_memory_mlp_forward_path(
+    const nlcore_memory_mlp_problem_t* problem, nlcore_memory_mlp_path_t* path) {
+  using namespace nlcore::memory_mlp;
+  if (path == nullptr)
+    return nlcore::detail::fail(NLCORE_STATUS_INVALID_VALUE,
+                                "memory_mlp_forward_path: path is NULL");
+  try {
+    Plan P;
+    const nlcore_status_t st = make_plan(problem, &P);
+    if (st != NLCORE_STATUS_SUCCESS) return st;
+    const Choice ch = choose_path(P, problem);
+    path->path = ch.persistent ? NLCORE_MEMORY_MLP_PATH_PERSISTENT : NLCORE_MEMORY_MLP_PATH_STEP;
+    path->cluster_size = ch.persistent ? ch.launch.cluster : 0;
+    path->smem_bytes = ch.persistent ? static_cast<int64_t>(ch.launch.smem) : 0;
+    path->reason = ch.reason != nullptr ? ch.reason : "";
     return NLCORE_STATUS_SUCCESS;
   } catch (...) {
     return nlcore::detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
@@ -411,13 +536,16 @@ NLCORE_API nlcore_status_t nlcore_memory_mlp_forward(const nlcore_memory_mlp_pro
     nlcore_status_t st = make_plan(problem, &P);
     if (st != NLCORE_STATUS_SUCCESS) return st;
     if ((st = check_tensors(P, problem, tensors, false)) != NLCORE_STATUS_SUCCESS) return st;
-    if ((st = check_workspace(P.fwd, workspace, workspace_bytes)) != NLCORE_STATUS_SUCCESS)
+    // ---- from here on: CUDA runtime queries (the path), then launches ----
+    const Choice ch = choose_path(P, problem);
+    if ((st = check_workspace(ch.persistent ? 0 : P.fwd.total, workspace, workspace_bytes)) !=
+        NLCORE_STATUS_SUCCESS)
       return st;
     GemmFn gemm = find_gemm(P.dtype);
     if (gemm == nullptr)
       return nlcore::detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
                                   "memory_mlp: GEMM launcher missing");
-    Params prm = make_params(P, P.fwd, problem, tensors, workspace);
+    Params prm = make_params(P, P.fwd, problem, tensors, ch.persistent ? nullptr : workspace);
     // The state is stepped in place in the final-state outputs.
     prm.w1 = static_cast<float*>(tensors->w_in_final);
     prm.w2 = static_cast<float*>(tensors->w_out_final);
@@ -428,7 +556,7 @@ NLCORE_API nlcore_status_t nlcore_memory_mlp_forward(const nlcore_memory_mlp_pro
     prm.ag = static_cast<float*>(tensors->acc_g_final);
     prm.y = tensors->y;
     prm.n_out = static_cast<int64_t*>(tensors->n_final);
-    // ---- from here on: CUDA runtime calls ----
+    if (ch.persistent) return run_forward_persistent(prm, ch.launch, ch.fn, stream);
     return run_forward(prm, gemm, stream);
   } catch (...) {
     return nlcore::detail::fail(NLCORE_STATUS_INTERNAL_ERROR,
@@ -448,7 +576,7 @@ NLCORE_API nlcore_status_t nlcore_memory_mlp_backward(const nlcore_memory_mlp_pr
     if (st != NLCORE_STATUS_SUCCESS) return st;
     if ((st = check_tensors(P, problem, tensors, true)) != NLCORE_STATUS_SUCCESS) return st;
     if ((st = check_grads(P, problem, grads)) != NLCORE_STATUS_SUCCESS) return st;
-    if ((st = check_workspace(P.bwd, workspace, workspace_bytes)) != NLCORE_STATUS_SUCCESS)
+    if ((st = check_workspace(P.bwd.total, workspace, workspace_bytes)) != NLCORE_STATUS_SUCCESS)
       return st;
     GemmFn gemm = find_gemm(P.dtype);
     if (gemm == nullptr)

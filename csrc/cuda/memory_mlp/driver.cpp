@@ -230,6 +230,14 @@ nlcore_status_t run_forward(const Params& p, GemmFn gemm, cudaStream_t stream) {
   return NLCORE_STATUS_SUCCESS;
 }
 
+nlcore_status_t run_forward_persistent(const Params& p, const PersistLaunch& pl, PersistFn fn,
+                                       cudaStream_t stream) {
+  if (p.cu != nullptr)  // rows outside every sequence (invalid cu_seqlens) stay defined
+    NLCORE_TRY(zero(p.y, size_t(p.B) * p.T * p.H * p.D * p.elem_bytes, stream,
+                    "cudaMemsetAsync(y)"));
+  return fn(&p, pl, nullptr, stream);
+}
+
 // Backward. 1) Gradient state ← the final-state gradients. 2) A state-only forward over the
 // chunks saves (W1, W2, P1, P2) at every chunk k·ce (k >= 1) into checkpoint slot k − 1.
 // 3) Segments k = last .. 0: restore the state at chunk k·ce (the initial state for k = 0;

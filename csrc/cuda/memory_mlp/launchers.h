@@ -150,6 +150,26 @@ nlcore_status_t gemm_f16(const Params& p, const Gemm& g, cudaStream_t stream);
 nlcore_status_t gemm_f32(const Params& p, const Gemm& g, cudaStream_t stream);
 #endif
 
+// ---- the persistent forward (persistent.h / persistent.cuh; sm_90, experimental) ----------------
+struct PersistLaunch {
+  int D, fc, cluster;  // slice shape and CTAs per (sequence, head)
+  size_t smem;         // dynamic shared memory per CTA
+  int64_t pairs;       // clusters: N·H
+};
+// p == NULL: probe only — *max_clusters = how many clusters of this configuration can be
+// resident at once (0: none fits; −1: the loaded image has no sm_90 body); no launch.
+// p != NULL: launch the kernel on `stream` (max_clusters unused).
+using PersistFn = nlcore_status_t (*)(const Params* p, const PersistLaunch& pl, int* max_clusters,
+                                      cudaStream_t stream);
+nlcore_status_t persist_bf16(const Params* p, const PersistLaunch& pl, int* max_clusters,
+                             cudaStream_t stream);
+#if !defined(NLCORE_KERNEL_SET_CI)
+nlcore_status_t persist_f16(const Params* p, const PersistLaunch& pl, int* max_clusters,
+                            cudaStream_t stream);
+nlcore_status_t persist_f32(const Params* p, const PersistLaunch& pl, int* max_clusters,
+                            cudaStream_t stream);
+#endif
+
 // dtype-independent kernels (common.cu)
 nlcore_status_t launch_table(const Params& p, cudaStream_t stream);
 // Copies the initial state (broadcast when shared; zeros where absent) into the state slabs
@@ -183,6 +203,9 @@ struct BackwardBuffers {
   float* d_init[5];            // dp_in, dp_out, dacc_in, dacc_out, dacc_g (has_init only)
 };
 nlcore_status_t run_forward(const Params& p, GemmFn gemm, cudaStream_t stream);
+// The persistent forward: zero-fills y for varlen (rows no sequence covers), then one launch.
+nlcore_status_t run_forward_persistent(const Params& p, const PersistLaunch& pl, PersistFn fn,
+                                       cudaStream_t stream);
 nlcore_status_t run_backward(const Params& p, const BackwardBuffers& bb, GemmFn gemm,
                              cudaStream_t stream);
 

@@ -13,6 +13,7 @@
 // Backward: a state-only forward saves the chunk-start weights and momentum buffers every
 // `checkpoint_every` chunks; segments are then re-run in reverse (their chunk-start weights
 // kept in segment slots) and walked backwards chunk by chunk.
+// Step two (NLCORE_MEMORY_MLP_FLAG_PERSISTENT, forward only, experimental): persistent.h.
 #ifndef NLCORE_CUDA_MEMORY_MLP_LAYOUT_H_
 #define NLCORE_CUDA_MEMORY_MLP_LAYOUT_H_
 

@@ -28,6 +28,18 @@
  *                                      batch == 1
  * Launchers never allocate and never synchronize with the host (cu_seqlens and n are read on
  * the device only); all scratch lives in the caller's workspace.
+ *
+ * Kernels (DESIGN section 7). By default the forward and the backward run the step-one kernels:
+ * tile GEMMs launched by a host loop over the chunk index, the state stepped in global memory.
+ * NLCORE_MEMORY_MLP_FLAG_PERSISTENT (experimental, forward only) asks for the persistent
+ * kernel instead: one launch in which a thread-block cluster of 1, 2, 4 or 8 CTAs per
+ * (sequence, head) walks every chunk with the weights, momentum buffers and inner gradient
+ * kept on chip, the hidden units split over the cluster (distributed shared memory carries
+ * the second layer's sums). It needs an sm_90 image and a compute capability 9.x device with
+ * cluster launch; every supported (head_dim, hidden_dim) fits (up to 217 KiB of shared memory
+ * per CTA). When the device or build cannot run it, the forward silently takes the step-one
+ * path; nlcore_memory_mlp_forward_path says which path a problem takes and why. The backward
+ * accepts the flag and always runs step one (its per-segment recompute is not persistent).
  */
 #ifndef NLCORE_MEMORY_MLP_H_
 #define NLCORE_MEMORY_MLP_H_
@@ -52,7 +64,15 @@ enum {
   NLCORE_MEMORY_MLP_OBJECTIVE_DOT = 1 /* l_t = -<p_t, target_t> */
 };
 
-enum { NLCORE_MEMORY_MLP_FLAG_DEFAULT = 0 };
+enum {
+  NLCORE_MEMORY_MLP_FLAG_DEFAULT = 0,
+  NLCORE_MEMORY_MLP_FLAG_PERSISTENT = 1 /* forward: the persistent cluster kernel where it runs */
+};
+
+enum {
+  NLCORE_MEMORY_MLP_PATH_STEP = 0,      /* step one: chunk-loop tile GEMMs (the default) */
+  NLCORE_MEMORY_MLP_PATH_PERSISTENT = 1 /* one launch, weights on chip, a cluster per (n, h) */
+};
 
 typedef struct nlcore_memory_mlp_problem_t {
   int64_t batch;              /* B (1 with cu_seqlens) */
@@ -77,7 +97,7 @@ typedef struct nlcore_memory_mlp_problem_t {
   int64_t checkpoint_every;   /* backward: chunks between saved states (>= 1) */
   const void* cu_seqlens;     /* device pointer or NULL */
   nlcore_dtype_t cu_seqlens_dtype; /* INT32 or INT64 */
-  uint32_t flags;             /* NLCORE_MEMORY_MLP_FLAG_* (none defined yet: 0) */
+  uint32_t flags;             /* NLCORE_MEMORY_MLP_FLAG_* bits */
 } nlcore_memory_mlp_problem_t;
 
 typedef struct nlcore_memory_mlp_tensors_t {
@@ -131,7 +151,24 @@ typedef struct nlcore_memory_mlp_grads_t {
   void* dacc_g;
 } nlcore_memory_mlp_grads_t;
 
-/* Device workspace bytes for forward (backward = 0) or backward (backward = 1). */
+/* Which kernel path the forward takes for a problem (nlcore_memory_mlp_forward_path). */
+typedef struct nlcore_memory_mlp_path_t {
+  int32_t path;         /* NLCORE_MEMORY_MLP_PATH_* */
+  int32_t cluster_size; /* PERSISTENT: CTAs per (sequence, head); else 0 */
+  int64_t smem_bytes;   /* PERSISTENT: dynamic shared memory per CTA; else 0 */
+  const char* reason;   /* static text: why STEP was taken ("" for PERSISTENT); never NULL */
+} nlcore_memory_mlp_path_t;
+
+/* The path nlcore_memory_mlp_forward takes for `problem` on the current device. Validates the
+ * problem like the forward. Without NLCORE_MEMORY_MLP_FLAG_PERSISTENT the answer is STEP and
+ * no CUDA call is made; with it, the current device and the loaded kernel image are queried
+ * (no stream work, no synchronization); a failing query means STEP (the reason says so). */
+NLCORE_API nlcore_status_t nlcore_memory_mlp_forward_path(
+    const nlcore_memory_mlp_problem_t* problem, nlcore_memory_mlp_path_t* path);
+
+/* Device workspace bytes for forward (backward = 0) or backward (backward = 1). With
+ * NLCORE_MEMORY_MLP_FLAG_PERSISTENT the forward's size is that of the path taken on the
+ * current device (0 for PERSISTENT): query it with the device current that will run it. */
 NLCORE_API nlcore_status_t nlcore_memory_mlp_workspace_size(
     const nlcore_memory_mlp_problem_t* problem, int32_t backward, size_t* workspace_bytes);
 

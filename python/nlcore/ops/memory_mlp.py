@@ -1,7 +1,7 @@
 """`nlcore.ops.memory_mlp_scan`: an MLP memory trained in context, once per chunk (DESIGN §3.2)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -12,6 +12,22 @@ from ..reference.memory_mlp import check_flags
 CHECKPOINT_EVERY = 16
 
 _STATE_FIELDS = MLPMemoryState._fields
+
+# CUDA forward selection (the op's `kernel` int): "auto" takes only kernels a GPU run has
+# proven (step one today); "persistent" is the experimental cluster kernel of DESIGN §7 step
+# two (falls back to step one where it cannot run; see `memory_mlp_scan_path`).
+_KERNELS = {"auto": 0, "step": 1, "persistent": 2}
+_PATHS = {-1: "cpu", 0: "step", 1: "persistent"}
+
+
+class ScanPath(NamedTuple):
+    """Which forward `memory_mlp_scan` runs: kernel "cpu", "step" or "persistent";
+    cluster_size (CTAs per sequence and head) and smem_bytes (per CTA) of the persistent
+    kernel, else 0; reason: why "step" was taken ("" otherwise)."""
+    kernel: str
+    cluster_size: int
+    smem_bytes: int
+    reason: str
 
 
 def _check_tensor(x, name, optional=False, floating=True):
@@ -31,7 +47,7 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
                     self_target: bool = False, dgd_erase: bool = True,
                     initial_state: Optional[Sequence[torch.Tensor]] = None,
                     output_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
-                    *, checkpoint_every: int = CHECKPOINT_EVERY
+                    *, checkpoint_every: int = CHECKPOINT_EVERY, kernel: str = "auto"
                     ) -> Tuple[torch.Tensor, Optional[MLPMemoryState]]:
     """A 2-layer MLP memory per sequence and head, `M(u) = [u +] W_out σ(W_in u)`, trained in
     context by (delta) gradient descent once per chunk of `chunk_size` tokens (DESIGN §3.2):
@@ -59,6 +75,12 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
             every this many chunks. Extra memory of the backward, per sequence and head:
             (⌈chunks / checkpoint_every⌉ + checkpoint_every) states of 4·F·D floats (weights
             and momenta), instead of one per chunk; compute: one more state-only forward pass.
+        kernel: the CUDA forward, for benchmarks and GPU checks: "auto" (default; step one
+            until a GPU run has proven the persistent kernel), "step" (chunk-loop tile GEMMs)
+            or "persistent" (experimental, sm_90: one launch, a thread-block cluster per
+            sequence and head keeps the weights on chip; falls back to step one where the
+            device or build cannot run it — `memory_mlp_scan_path` says which runs). The
+            backward is step one either way; CPU tensors ignore it.
 
     Returns:
         (y `[B, T, H, D]` in x's dtype, final state or None). The state's weights, buffers and
@@ -67,7 +89,43 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
         is applied once a later call completes it). Differentiable in x, k, v, eta, g and the
         initial weights / state, through the inner gradient (second order).
     """
+    args = _op_args(x, k, v, eta, w_in, w_out, chunk_size, g, momentum, activation, residual,
+                    objective, self_target, dgd_erase, initial_state, cu_seqlens,
+                    checkpoint_every, kernel)
+    out = torch.ops.nlcore.memory_mlp_scan(*args)
+    y = out[0]
+    return y, (MLPMemoryState(*out[1:]) if output_final_state else None)
+
+
+def memory_mlp_scan_path(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor,
+                         w_in: Optional[torch.Tensor], w_out: Optional[torch.Tensor],
+                         chunk_size: int, g: Optional[torch.Tensor] = None,
+                         momentum: float = 0.0, activation: str = "silu", residual: bool = True,
+                         objective: str = "l2", self_target: bool = False,
+                         dgd_erase: bool = True,
+                         initial_state: Optional[Sequence[torch.Tensor]] = None,
+                         output_final_state: bool = False,
+                         cu_seqlens: Optional[torch.Tensor] = None, *,
+                         checkpoint_every: int = CHECKPOINT_EVERY,
+                         kernel: str = "auto") -> ScanPath:
+    """Which forward `memory_mlp_scan` would run for these arguments (same signature; nothing
+    is computed): a `ScanPath` naming "cpu" (CPU tensors), "step" or "persistent", with the
+    persistent kernel's cluster size and shared memory, or the reason step one was taken."""
+    args = _op_args(x, k, v, eta, w_in, w_out, chunk_size, g, momentum, activation, residual,
+                    objective, self_target, dgd_erase, initial_state, cu_seqlens,
+                    checkpoint_every, kernel)
+    ints, reason = torch.ops.nlcore.memory_mlp_scan_path(*args)
+    return ScanPath(_PATHS.get(int(ints[0]), str(int(ints[0]))), int(ints[1]), int(ints[2]),
+                    str(reason))
+
+
+def _op_args(x, k, v, eta, w_in, w_out, chunk_size, g, momentum, activation, residual, objective,
+             self_target, dgd_erase, initial_state, cu_seqlens, checkpoint_every, kernel):
+    """Checks the Python-level arguments; the op's positional arguments."""
     check_flags(chunk_size, activation, objective)
+    if not isinstance(kernel, str) or kernel not in _KERNELS:
+        raise ValueError(f"memory_mlp_scan: kernel must be one of {sorted(_KERNELS)}, got "
+                         f"{kernel!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every < 1:
         raise ValueError(f"memory_mlp_scan: checkpoint_every must be an int >= 1, got "
@@ -101,12 +159,9 @@ def memory_mlp_scan(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torc
     if torch.is_autocast_enabled(dev):  # one sequence dtype under autocast (DESIGN §2)
         dt = torch.get_autocast_dtype(dev)
         x, k, v = x.to(dt), k.to(dt), v.to(dt)
-    out = torch.ops.nlcore.memory_mlp_scan(
-        x, k, v, eta, g, w_in, w_out, *rest, cu_seqlens, chunk_size, float(momentum),
-        activation, bool(residual), objective, bool(self_target), bool(dgd_erase),
-        checkpoint_every)
-    y = out[0]
-    return y, (MLPMemoryState(*out[1:]) if output_final_state else None)
+    return (x, k, v, eta, g, w_in, w_out, *rest, cu_seqlens, chunk_size, float(momentum),
+            activation, bool(residual), objective, bool(self_target), bool(dgd_erase),
+            checkpoint_every, _KERNELS[kernel])
 
 
 def _state_dtype(x, w_in):
@@ -116,7 +171,7 @@ def _state_dtype(x, w_in):
 @torch.library.register_fake("nlcore::memory_mlp_scan")
 def _(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu_seqlens,
       chunk_size, momentum, activation, residual, objective, self_target, dgd_erase,
-      checkpoint_every):
+      checkpoint_every, kernel):
     B, T, H, D = x.shape
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     F = w_in.shape[-2]
@@ -132,7 +187,7 @@ def _(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu_s
 @torch.library.register_fake("nlcore::memory_mlp_scan_backward")
 def _(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu_seqlens,
       chunk_size, momentum, activation, residual, objective, self_target, dgd_erase,
-      checkpoint_every, grad_y, grad_w_in, grad_w_out, grad_p_in, grad_p_out, grad_acc_in,
+      checkpoint_every, kernel, grad_y, grad_w_in, grad_w_out, grad_p_in, grad_p_out, grad_acc_in,
       grad_acc_out, grad_acc_g):
     dt = _state_dtype(x, w_in)
 
@@ -145,7 +200,7 @@ def _(x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu_s
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:14])
-    ctx.args = inputs[14:]
+    ctx.args = inputs[14:]  # chunk_size .. kernel: the backward gets the same scalars
     ctx.has = [t is not None for t in inputs[:14]]
 
 
@@ -160,7 +215,8 @@ def _backward(ctx, grads):
     has = ctx.has
     opt = lambda t, i: t if has[i] else None  # noqa: E731
     return (dx, dk, dv, deta, opt(dg, 4), dw_in, dw_out, opt(dp_in, 7), opt(dp_out, 8),
-            opt(dacc_in, 9), opt(dacc_out, 10), opt(dacc_g, 11), None, None) + (None,) * 8
+            opt(dacc_in, 9), opt(dacc_out, 10), opt(dacc_g, 11), None, None) \
+        + (None,) * len(ctx.args)
 
 
 torch.library.register_autograd("nlcore::memory_mlp_scan", _backward,
