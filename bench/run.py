@@ -33,6 +33,7 @@ OPS: Dict[str, str] = {
     "dgd": "bench.bench_dgd",
     "m3": "bench.bench_m3",
     "memory_mlp": "bench.bench_memory_mlp",
+    "self_modifying": "bench.bench_self_modifying",
 }
 DEFAULT_OUT = common.REPO_ROOT / "bench" / "out"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -55,11 +56,12 @@ def _csv(text: Optional[str]) -> Optional[List[str]]:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-# --shapes syntax per op; the shapes go to every op of the run (dgd and memory_mlp ignore, with
-# a message, the lengths that are not theirs), so name one op with them
+# --shapes syntax per op; the shapes go to every op of the run (dgd, memory_mlp and
+# self_modifying ignore, with a message, the lengths that are not theirs), so name one op with them
 SHAPE_HELP = ("newton_schulz: [batch]xMxN; dgd: BxTxHxKxV or BxTxHxD; "
               "m3: LAYERSxD[xSLOW_EVERY]; memory_mlp: BxTxHxDxFxC, F the MLP's hidden width "
-              "and C the chunk size, e.g. 1x1024x4x64x256x16")
+              "and C the chunk size, e.g. 1x1024x4x64x256x16; self_modifying: BxTxHxDxFxC "
+              "likewise, e.g. 1x512x4x64x128x16")
 
 
 def _shape(text: str):
@@ -145,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=None,
                    help="fwd,fwdbwd (default both; fwd with --quick)")
     p.add_argument("--dtypes", default=None,
-                   help="input dtypes, comma list (default float32; dgd, memory_mlp: "
-                        "bfloat16 on CUDA)")
+                   help="input dtypes, comma list (default float32; dgd, memory_mlp, "
+                        "self_modifying: bfloat16 on CUDA)")
     p.add_argument("--shapes", default=None,
                    help="problem shapes replacing the op's list, e.g. 16x64x64,1x4096x4096 "
                         f"({SHAPE_HELP})")
