@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include "cpu/simd.h"
@@ -95,6 +96,59 @@ NLCORE_CPU_CLONES double state_back_block_f64(const double* gW, const double* gP
   return state_back_block<double>(gW, gP, W, size, alpha, mu, dG, gPs, gWs);
 }
 
+// state_back_block plus the two products of the chunk's inner-gradient backward that read dG
+// (for small chunks, where they are matrix-vector products): with dG [m, n] formed row by row,
+//   o1[t, i] = Σ_j A[t, j] dG[i, j]      (A [len, n])
+//   o2[t, j] = Σ_i V[t, i] dG[i, j]      (V [len, m])
+// so dG is read once, while in cache. o1, o2 are written (not accumulated).
+template <typename T>
+inline double state_back_gemv_block(const T* __restrict gW, const T* __restrict gP,
+                                    const T* __restrict W, int64_t m, int64_t n, T alpha, T mu,
+                                    const T* __restrict A, const T* __restrict V, int64_t len,
+                                    T* __restrict dG, T* __restrict gPs, T* __restrict gWs,
+                                    T* __restrict o1, T* __restrict o2) {
+  constexpr int kLanes = 16;
+  for (int64_t x = 0; x < len * n; ++x) o2[x] = T(0);
+  double dot = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t r = i * n;
+    dot += state_back_block<T>(gW + r, gP ? gP + r : nullptr, W + r, n, alpha, mu, dG + r,
+                               gPs ? gPs + r : nullptr, gWs + r);
+    const T* g = dG + r;
+    for (int64_t t = 0; t < len; ++t) {
+      const T* a = A + t * n;
+      T acc[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= n; j += kLanes)
+        for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * g[j + l];
+      T sum = 0;
+      for (; j < n; ++j) sum += a[j] * g[j];
+      for (int l = 0; l < kLanes; ++l) sum += acc[l];
+      o1[t * m + i] = sum;
+      const T v = V[t * m + i];
+      T* out = o2 + t * n;
+      for (j = 0; j < n; ++j) out[j] += v * g[j];
+    }
+  }
+  return dot;
+}
+NLCORE_CPU_CLONES double state_back_gemv_f32(const float* gW, const float* gP, const float* W,
+                                             int64_t m, int64_t n, float alpha, float mu,
+                                             const float* A, const float* V, int64_t len,
+                                             float* dG, float* gPs, float* gWs, float* o1,
+                                             float* o2) {
+  return state_back_gemv_block<float>(gW, gP, W, m, n, alpha, mu, A, V, len, dG, gPs, gWs, o1,
+                                      o2);
+}
+NLCORE_CPU_CLONES double state_back_gemv_f64(const double* gW, const double* gP,
+                                             const double* W, int64_t m, int64_t n,
+                                             double alpha, double mu, const double* A,
+                                             const double* V, int64_t len, double* dG,
+                                             double* gPs, double* gWs, double* o1, double* o2) {
+  return state_back_gemv_block<double>(gW, gP, W, m, n, alpha, mu, A, V, len, dG, gPs, gWs, o1,
+                                       o2);
+}
+
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -144,37 +198,70 @@ std::pair<at::Tensor, at::Tensor> fused_update(const at::Tensor& W_, const at::T
 
 struct StateBack {
   at::Tensor dG, gP, gW, dot;  // gP undefined when μ = 0; dot [R, H]
+  at::Tensor o1, o2;           // with A and V: A dGᵀ [R, H, len, m] and V dG [R, H, len, n]
 };
 
+// The state part of a complete chunk's backward for one weight [R, H, m, n] (state_back_block),
+// and, when A [R, H, len, n] and V [R, H, len, m] are given, the products A dGᵀ and V dG in
+// the same pass (state_back_gemv_block).
 StateBack fused_state_backward(const at::Tensor& gW_, const at::Tensor& gP_, const at::Tensor& W_,
-                               const at::Tensor& alpha_, double mu) {
+                               const at::Tensor& alpha_, double mu, const at::Tensor& A_ = {},
+                               const at::Tensor& V_ = {}) {
   const at::Tensor gW = gW_.contiguous(), W = W_.contiguous(), alpha = alpha_.contiguous();
   const at::Tensor gP = gP_.defined() ? gP_.contiguous() : at::Tensor();
-  const int64_t R = W.size(0), H = W.size(1), blk = W.size(2) * W.size(3);
+  const bool gemv = A_.defined();
+  const at::Tensor A = gemv ? A_.contiguous() : at::Tensor(), V = gemv ? V_.contiguous() : at::Tensor();
+  const int64_t R = W.size(0), H = W.size(1), m = W.size(2), n = W.size(3), blk = m * n;
+  const int64_t len = gemv ? A.size(2) : 0;
   StateBack r;
   r.dG = at::empty_like(W);
   r.gW = at::empty_like(W);
   if (mu != 0.0) r.gP = at::empty_like(W);
   r.dot = at::empty({R, H}, W.options());
+  if (gemv) {
+    r.o1 = at::empty({R, H, len, m}, W.options());
+    r.o2 = at::empty({R, H, len, n}, W.options());
+  }
   const bool f64 = W.scalar_type() == at::kDouble;
+  auto run = [&](auto zero, int64_t b) {
+    using T = decltype(zero);
+    const T* gp = ptr_or_null<T>(gP);
+    T* gps = r.gP.defined() ? r.gP.data_ptr<T>() + b * blk : nullptr;
+    const T a = alpha.data_ptr<T>()[b], u = static_cast<T>(mu);
+    double dot;
+    if (gemv) {
+      if constexpr (std::is_same_v<T, float>)
+        dot = state_back_gemv_f32(gW.data_ptr<T>() + b * blk, gp ? gp + b * blk : nullptr,
+                                  W.data_ptr<T>() + b * blk, m, n, a, u,
+                                  A.data_ptr<T>() + b * len * n, V.data_ptr<T>() + b * len * m,
+                                  len, r.dG.data_ptr<T>() + b * blk, gps,
+                                  r.gW.data_ptr<T>() + b * blk, r.o1.data_ptr<T>() + b * len * m,
+                                  r.o2.data_ptr<T>() + b * len * n);
+      else
+        dot = state_back_gemv_f64(gW.data_ptr<T>() + b * blk, gp ? gp + b * blk : nullptr,
+                                  W.data_ptr<T>() + b * blk, m, n, a, u,
+                                  A.data_ptr<T>() + b * len * n, V.data_ptr<T>() + b * len * m,
+                                  len, r.dG.data_ptr<T>() + b * blk, gps,
+                                  r.gW.data_ptr<T>() + b * blk, r.o1.data_ptr<T>() + b * len * m,
+                                  r.o2.data_ptr<T>() + b * len * n);
+    } else {
+      if constexpr (std::is_same_v<T, float>)
+        dot = state_back_block_f32(gW.data_ptr<T>() + b * blk, gp ? gp + b * blk : nullptr,
+                                   W.data_ptr<T>() + b * blk, blk, a, u,
+                                   r.dG.data_ptr<T>() + b * blk, gps, r.gW.data_ptr<T>() + b * blk);
+      else
+        dot = state_back_block_f64(gW.data_ptr<T>() + b * blk, gp ? gp + b * blk : nullptr,
+                                   W.data_ptr<T>() + b * blk, blk, a, u,
+                                   r.dG.data_ptr<T>() + b * blk, gps, r.gW.data_ptr<T>() + b * blk);
+    }
+    r.dot.data_ptr<T>()[b] = static_cast<T>(dot);
+  };
   at::parallel_for(0, R * H, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      if (f64) {
-        const double* gp = ptr_or_null<double>(gP);
-        double* gps = r.gP.defined() ? r.gP.data_ptr<double>() + b * blk : nullptr;
-        r.dot.data_ptr<double>()[b] = state_back_block_f64(
-            gW.data_ptr<double>() + b * blk, gp ? gp + b * blk : nullptr,
-            W.data_ptr<double>() + b * blk, blk, alpha.data_ptr<double>()[b], mu,
-            r.dG.data_ptr<double>() + b * blk, gps, r.gW.data_ptr<double>() + b * blk);
-      } else {
-        const float* gp = ptr_or_null<float>(gP);
-        float* gps = r.gP.defined() ? r.gP.data_ptr<float>() + b * blk : nullptr;
-        r.dot.data_ptr<float>()[b] = static_cast<float>(state_back_block_f32(
-            gW.data_ptr<float>() + b * blk, gp ? gp + b * blk : nullptr,
-            W.data_ptr<float>() + b * blk, blk, alpha.data_ptr<float>()[b],
-            static_cast<float>(mu), r.dG.data_ptr<float>() + b * blk, gps,
-            r.gW.data_ptr<float>() + b * blk));
-      }
+      if (f64)
+        run(double{}, b);
+      else
+        run(float{}, b);
     }
   });
   return r;
@@ -316,11 +403,22 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
                     at::Tensor dU, at::Tensor dV, at::Tensor deta, at::Tensor dg) {
   Grad gs;
   at::Tensor dG1, dG2, dsum;
+  // Inner gradient G1 = Q1ᵀ K, G2 = Eηᵀ H: its backward needs dQ1 = K dG1ᵀ, dK = Q1 dG1,
+  // K2 = H dG2ᵀ and dH = Eη dG2; small complete chunks get them from the state pass.
+  at::Tensor dQ1, dK, K2, dHk;
   if (c.complete) {
     // T = dP' + dW', dG = −T, dP = μ T, dW = ᾱ dW', dΣg = ᾱ (⟨dW1', W1⟩ + ⟨dW2', W2⟩)
     const at::Tensor alpha = (st.ag.defined() ? st.ag + f.gsum : f.gsum).exp();  // [R, H]
-    StateBack b1 = fused_state_backward(gn.w1, gn.p1, st.w1, alpha, a.momentum);
-    StateBack b2 = fused_state_backward(gn.w2, gn.p2, st.w2, alpha, a.momentum);
+    const bool gemv = !p.round && f.len <= kInlineTokens;
+    StateBack b1 = gemv ? fused_state_backward(gn.w1, gn.p1, st.w1, alpha, a.momentum, f.K, f.Q1)
+                        : fused_state_backward(gn.w1, gn.p1, st.w1, alpha, a.momentum);
+    StateBack b2 = gemv ? fused_state_backward(gn.w2, gn.p2, st.w2, alpha, a.momentum, f.Hk,
+                                               f.Eeta)
+                        : fused_state_backward(gn.w2, gn.p2, st.w2, alpha, a.momentum);
+    dQ1 = b1.o1;
+    dK = b1.o2;
+    K2 = b2.o1;
+    dHk = b2.o2;
     dG1 = b1.dG;
     dG2 = b2.dG;
     gs.p1 = b1.gP;  // undefined (zero) when μ = 0
@@ -343,13 +441,15 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   dg.copy_(dsum.unsqueeze(-1).expand_as(dg));
 
   const int64_t nr = f.lay.nr, kK = f.lay.ik;
-  // Inner gradient: G1 = Q1ᵀ K, G2 = Eηᵀ H.
-  const at::Tensor dQ1 = mm(p, f.K, tr(dG1), f.lay.exact);           // [len, F]
-  const at::Tensor dK = mm(p, f.Q1, dG1);                      // [len, D]
+  if (!dQ1.defined()) {
+    dQ1 = mm(p, f.K, tr(dG1), f.lay.exact);                     // [len, F]
+    dK = mm(p, f.Q1, dG1);                                      // [len, D]
+    K2 = mm(p, f.Hk, tr(dG2));                                  // [len, D]
+    dHk = mm(p, f.Eeta, dG2);                                   // [len, F]
+  }
   at::Tensor dZk = activate(f.Zk, a.activation, true).d2h * f.Rr * dQ1;  // σ''(Z) ⊙ R ⊙ dQ1
   const at::Tensor dR = f.dHk * dQ1;
-  const at::Tensor dEeta = mma(p, mm(p, f.Hk, tr(dG2)), dR, tr(st.w2));
-  const at::Tensor dHk = mm(p, f.Eeta, dG2);
+  const at::Tensor dEeta = mma(p, K2, dR, tr(st.w2));
   at::Tensor d_eta = (f.E * dEeta).sum(-1);
   if (a.dgd_erase) {
     dZk = at::addcmul(dZk, f.eta, dQ1);
@@ -369,8 +469,7 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   const at::Tensor dOut = at::stack(rows, 3).flatten(2, 3);     // [R, H, len·nr, D]
   at::Tensor dHall = mm(p, dOut, st.w2);                       // [len·nr, F]
   rows_of(dHall, f.len, nr, kK).add_(dHk);
-  mma_(p, gs.w2, tr(f.Eeta), dR);
-  mma_(p, gs.w2, tr(dOut), f.Hall);
+  mma_(p, gs.w2, tr(at::cat({f.Eeta, dOut}, 2)), at::cat({dR, f.Hall}, 2));  // Eηᵀ dR + dOutᵀ H
   at::Tensor dZ = dHall * f.dHall;
   rows_of(dZ, f.len, nr, kK).add_(dZk);
   const at::Tensor dUc = a.residual ? mma(p, dOut, dZ, st.w1) : mm(p, dZ, st.w1);
