@@ -67,6 +67,10 @@ std::vector<at::Tensor> memory_mlp_scan_forward(const MlpScanInputs& in, const M
       const Rows rw = make_rows(in, L, gr, a);
       at::Tensor yg = at::empty({static_cast<int64_t>(gr.rows.size()), L.H, len, L.D}, opt);
       for (const Chunk& c : chunk_grid(len, gr.n0, a.chunk_size)) {
+        if (token_step_applies(rw, st, c, p)) {
+          st = token_step(rw, st, c, a, p, yg.select(2, c.s));
+          continue;
+        }
         const Fwd f = chunk_forward(rw, st, c, a, p);
         yg.narrow(2, c.s, f.len).copy_(rows_of(f.Out, f.len, rw.lay.nr, rw.lay.ix));  // reads
         st = chunk_update(st, f, c, a, p);
@@ -109,6 +113,11 @@ std::vector<at::Tensor> memory_mlp_scan_backward(const MlpScanInputs& in, const 
       gn = reverse_walk(
           gather_state(state_in(in), p.work, gr.seqs), static_cast<int64_t>(grid.size()),
           a.checkpoint_every, gn,
+          [&](const State& s, int64_t j) {
+            if (token_step_applies(rw, s, grid[j], p))
+              return token_step(rw, s, grid[j], a, p, at::Tensor());
+            return chunk_update(s, chunk_forward(rw, s, grid[j], a, p), grid[j], a, p);
+          },
           [&](const State& s, int64_t j) { return chunk_forward(rw, s, grid[j], a, p); },
           [&](const State& s, const Fwd& f, int64_t j) { return chunk_update(s, f, grid[j], a, p); },
           [&](const State& s, const Fwd& f, int64_t j, const Grad& g) {

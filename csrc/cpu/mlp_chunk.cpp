@@ -8,11 +8,26 @@
 #include <cmath>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "cpu/simd.h"
 
 namespace nlcore::cpu::mlp {
 namespace {
+
+// ⟨a, b⟩ in independent lanes (a plain FP reduction does not vectorize without -ffast-math).
+template <typename T>
+inline T dot_lanes(const T* __restrict a, const T* __restrict b, int64_t n) {
+  constexpr int kLanes = 16;
+  T acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * b[j + l];
+  T sum = 0;
+  for (; j < n; ++j) sum += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) sum += acc[l];
+  return sum;
+}
 
 // The end-of-chunk update of one weight block [m, n] in one pass:
 //   G = [G0 +] Σ_t L_t ⊗ Rt_t  (L [len, m], Rt [len, n]),  P' = μ P − G,  W' = α W + P'.
@@ -107,7 +122,6 @@ inline double state_back_gemv_block(const T* __restrict gW, const T* __restrict 
                                     const T* __restrict A, const T* __restrict V, int64_t len,
                                     T* __restrict dG, T* __restrict gPs, T* __restrict gWs,
                                     T* __restrict o1, T* __restrict o2) {
-  constexpr int kLanes = 16;
   for (int64_t x = 0; x < len * n; ++x) o2[x] = T(0);
   double dot = 0;
   for (int64_t i = 0; i < m; ++i) {
@@ -116,18 +130,10 @@ inline double state_back_gemv_block(const T* __restrict gW, const T* __restrict 
                                gPs ? gPs + r : nullptr, gWs + r);
     const T* g = dG + r;
     for (int64_t t = 0; t < len; ++t) {
-      const T* a = A + t * n;
-      T acc[kLanes] = {};
-      int64_t j = 0;
-      for (; j + kLanes <= n; j += kLanes)
-        for (int l = 0; l < kLanes; ++l) acc[l] += a[j + l] * g[j + l];
-      T sum = 0;
-      for (; j < n; ++j) sum += a[j] * g[j];
-      for (int l = 0; l < kLanes; ++l) sum += acc[l];
-      o1[t * m + i] = sum;
+      o1[t * m + i] = dot_lanes(A + t * n, g, n);
       const T v = V[t * m + i];
       T* out = o2 + t * n;
-      for (j = 0; j < n; ++j) out[j] += v * g[j];
+      for (int64_t j = 0; j < n; ++j) out[j] += v * g[j];
     }
   }
   return dot;
@@ -265,6 +271,105 @@ StateBack fused_state_backward(const at::Tensor& gW_, const at::Tensor& gP_, con
     }
   });
   return r;
+}
+
+// One token (a complete one-token chunk, no carried sums) of one (row, head), in plain loops:
+// the reads of the nr token rows, the inner gradient and the update, with no intermediate
+// tensors (the C = 1 recurrence is bound by per-op overheads otherwise).
+template <typename T>
+void token_block(const T* __restrict U, const T* __restrict Vt, T eta, T g, int64_t nr,
+                 int64_t ix, int64_t ik, int64_t iv, int64_t D, int64_t F, const MlpScanArgs& a,
+                 const T* __restrict W1, const T* __restrict W2, const T* __restrict P1,
+                 const T* __restrict P2, T* __restrict W1o, T* __restrict W2o,
+                 T* __restrict P1o, T* __restrict P2o, T* __restrict y) {
+  std::vector<T> buf(static_cast<size_t>(nr * F * 2 + F * 3 + nr * D + D));
+  T* z = buf.data();            // [nr, F]
+  T* h = z + nr * F;            // [nr, F]
+  T* dhk = h + nr * F;          // [F]
+  T* r = dhk + F;               // [F]
+  T* q1 = r + F;                // [F]
+  T* out = q1 + F;              // [nr, D]
+  T* ee = out + nr * D;         // [D]
+  for (int64_t f = 0; f < F; ++f) {                       // z = W1 u
+    const T* w = W1 + f * D;
+    for (int64_t q = 0; q < nr; ++q) z[q * F + f] = dot_lanes(w, U + q * D, D);
+  }
+  for (int64_t q = 0; q < nr; ++q)
+    for (int64_t f = 0; f < F; ++f) {
+      const T zz = z[q * F + f];
+      T hv, dv;
+      if (a.activation == MlpActivation::kSilu) {
+        const T sg = T(1) / (T(1) + std::exp(-zz));
+        hv = zz * sg;
+        dv = sg * (T(1) + zz * (T(1) - sg));
+      } else {
+        const T cdf = T(0.5) * (T(1) + std::erf(zz * T(M_SQRT1_2)));
+        const T pdf = std::exp(T(-0.5) * zz * zz) * T(0.5 * M_2_SQRTPI * M_SQRT1_2);
+        hv = zz * cdf;
+        dv = cdf + zz * pdf;
+      }
+      h[q * F + f] = hv;
+      if (q == ik) dhk[f] = dv;
+    }
+  for (int64_t d = 0; d < D; ++d) {                       // out = [u +] W2 h
+    const T* w = W2 + d * F;
+    for (int64_t q = 0; q < nr; ++q) {
+      const T acc = dot_lanes(w, h + q * F, F);
+      out[q * D + d] = a.residual ? U[q * D + d] + acc : acc;
+    }
+  }
+  if (ix >= 0 && y)
+    for (int64_t d = 0; d < D; ++d) y[d] = out[ix * D + d];
+  const T* target = iv >= 0 ? out + iv * D : Vt;
+  for (int64_t d = 0; d < D; ++d)                         // ηe
+    ee[d] = eta * (a.objective == MlpObjective::kL2 ? out[ik * D + d] - target[d] : -target[d]);
+  for (int64_t f = 0; f < F; ++f) r[f] = 0;               // r = W2ᵀ ηe
+  for (int64_t d = 0; d < D; ++d) {
+    const T* w = W2 + d * F;
+    const T e = ee[d];
+    for (int64_t f = 0; f < F; ++f) r[f] += e * w[f];
+  }
+  const T* zk = z + ik * F;
+  for (int64_t f = 0; f < F; ++f) q1[f] = dhk[f] * r[f] + (a.dgd_erase ? eta * zk[f] : T(0));
+  const T alpha = std::exp(g), mu = static_cast<T>(a.momentum);
+  const T* k = U + ik * D;
+  const T* hk = h + ik * F;
+  for (int64_t f = 0; f < F; ++f) {                       // P1 = μP1 − q1 kᵀ, W1 = αW1 + P1
+    const int64_t o = f * D;
+    const T qf = q1[f];
+    for (int64_t d = 0; d < D; ++d) {
+      const T pn = (mu != T(0) ? mu * P1[o + d] : T(0)) - qf * k[d];
+      P1o[o + d] = pn;
+      W1o[o + d] = alpha * W1[o + d] + pn;
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) {                       // P2 = μP2 − ηe hᵀ, W2 = αW2 + P2
+    const int64_t o = d * F;
+    const T e = ee[d];
+    for (int64_t f = 0; f < F; ++f) {
+      const T pn = (mu != T(0) ? mu * P2[o + f] : T(0)) - e * hk[f];
+      P2o[o + f] = pn;
+      W2o[o + f] = alpha * W2[o + f] + pn;
+    }
+  }
+}
+NLCORE_CPU_CLONES void token_block_f32(const float* U, const float* Vt, float eta, float g,
+                                       int64_t nr, int64_t ix, int64_t ik, int64_t iv,
+                                       int64_t D, int64_t F, const MlpScanArgs& a,
+                                       const float* W1, const float* W2, const float* P1,
+                                       const float* P2, float* W1o, float* W2o, float* P1o,
+                                       float* P2o, float* y) {
+  token_block<float>(U, Vt, eta, g, nr, ix, ik, iv, D, F, a, W1, W2, P1, P2, W1o, W2o, P1o, P2o,
+                     y);
+}
+NLCORE_CPU_CLONES void token_block_f64(const double* U, const double* Vt, double eta, double g,
+                                       int64_t nr, int64_t ix, int64_t ik, int64_t iv,
+                                       int64_t D, int64_t F, const MlpScanArgs& a,
+                                       const double* W1, const double* W2, const double* P1,
+                                       const double* P2, double* W1o, double* W2o, double* P1o,
+                                       double* P2o, double* y) {
+  token_block<double>(U, Vt, eta, g, nr, ix, ik, iv, D, F, a, W1, W2, P1, P2, W1o, W2o, P1o,
+                      P2o, y);
 }
 
 // Up to this many tokens the update sums the chunk's rank-one terms inline (no G tensor).
@@ -479,6 +584,60 @@ Grad chunk_backward(const State& st, const Fwd& f, const Chunk& c, const Grad& g
   dU.copy_(dUr);
   deta.copy_(d_eta);
   return gs;
+}
+
+bool token_step_applies(const Rows& rw, const State& st, const Chunk& c, const Prec& p) {
+  return c.e - c.s == 1 && c.complete && !p.round && !st.a1.defined() && !st.ag.defined() &&
+         rw.U.is_contiguous() && rw.eta.is_contiguous() && rw.g.is_contiguous() &&
+         (rw.lay.iv >= 0 || rw.V.is_contiguous());
+}
+
+State token_step(const Rows& rw, const State& st, const Chunk& c, const MlpScanArgs& a,
+                 const Prec& p, at::Tensor y) {
+  const at::Tensor W1 = st.w1.contiguous(), W2 = st.w2.contiguous();
+  const at::Tensor P1 = st.p1.contiguous(), P2 = st.p2.contiguous();
+  const int64_t R = W1.size(0), H = W1.size(1), F = W1.size(2), D = W1.size(3);
+  const int64_t T = rw.U.size(2), nr = rw.lay.nr, t = c.s;
+  State n;
+  n.w1 = at::empty_like(W1);
+  n.w2 = at::empty_like(W2);
+  n.p1 = at::empty_like(W1);
+  n.p2 = at::empty_like(W2);
+  const bool f64 = W1.scalar_type() == at::kDouble;
+  // y [R, H, D] in the work dtype, rows of D contiguous, (r, h) at a fixed stride
+  const bool want_y = y.defined();
+  TORCH_INTERNAL_ASSERT(!want_y || (y.stride(2) == 1 && y.stride(0) == H * y.stride(1)));
+  const int64_t y_stride = want_y ? y.stride(1) : 0;
+  at::parallel_for(0, R * H, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t tok = b * T + t;
+      auto run = [&](auto zero) {
+        using S = decltype(zero);
+        const S* U = rw.U.data_ptr<S>() + tok * nr * D;
+        const S* Vt = rw.lay.iv >= 0 ? nullptr : rw.V.data_ptr<S>() + tok * D;
+        const S eta = rw.eta.data_ptr<S>()[tok], g = rw.g.data_ptr<S>()[tok];
+        const int64_t wb = b * F * D;
+        S* yp = want_y ? y.data_ptr<S>() + b * y_stride : nullptr;
+        if constexpr (std::is_same_v<S, float>)
+          token_block_f32(U, Vt, eta, g, nr, rw.lay.ix, rw.lay.ik, rw.lay.iv, D, F, a,
+                          W1.data_ptr<S>() + wb, W2.data_ptr<S>() + wb, P1.data_ptr<S>() + wb,
+                          P2.data_ptr<S>() + wb, n.w1.data_ptr<S>() + wb,
+                          n.w2.data_ptr<S>() + wb, n.p1.data_ptr<S>() + wb,
+                          n.p2.data_ptr<S>() + wb, yp);
+        else
+          token_block_f64(U, Vt, eta, g, nr, rw.lay.ix, rw.lay.ik, rw.lay.iv, D, F, a,
+                          W1.data_ptr<S>() + wb, W2.data_ptr<S>() + wb, P1.data_ptr<S>() + wb,
+                          P2.data_ptr<S>() + wb, n.w1.data_ptr<S>() + wb,
+                          n.w2.data_ptr<S>() + wb, n.p1.data_ptr<S>() + wb,
+                          n.p2.data_ptr<S>() + wb, yp);
+      };
+      if (f64)
+        run(double{});
+      else
+        run(float{});
+    }
+  });
+  return n;
 }
 
 std::vector<Group> make_groups(const std::optional<at::Tensor>& cu_seqlens, int64_t B, int64_t T,

@@ -88,6 +88,13 @@ Fwd chunk_forward(const Rows& rw, const State& st, const Chunk& c, const MlpScan
 // Accumulate the chunk's inner gradient and, when it completes, apply the update.
 State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanArgs& a,
                    const Prec& p);
+// A complete one-token chunk with no carried sums (C = 1) on fp32/fp64 without operand rounding
+// can take token_step: the chunk's reads (written to y [R, H, D] when defined) and the update
+// in one pass of plain loops per (row, head), no Fwd record. Same math as chunk_forward +
+// chunk_update.
+bool token_step_applies(const Rows& rw, const State& st, const Chunk& c, const Prec& p);
+State token_step(const Rows& rw, const State& st, const Chunk& c, const MlpScanArgs& a,
+                 const Prec& p, at::Tensor y);
 // Backward of one chunk. `gn` holds the gradients of the state after the chunk: for a
 // complete chunk those of (w1, w2, p1, p2); for the incomplete last chunk also those of the
 // accumulators (a1, a2, ag) it leaves. dY: gradient of the reads (when lay.ix >= 0). Writes
@@ -133,13 +140,14 @@ at::Tensor take_tokens(const at::Tensor& t, const Group& gr, at::ScalarType work
 void put_tokens(at::Tensor& dst, const at::Tensor& src, const Group& gr, bool varlen);
 
 // The checkpointed reverse walk over one group's chunks: pass 1 keeps the chunk-start state
-// every `every` chunks (up to the last segment), pass 2 recomputes each segment's states and
-// forwards in turn and walks it back. `forward(state, j)` returns chunk j's forward record
+// every `every` chunks (up to the last segment), advancing with `advance(state, j)` (the state
+// after chunk j), pass 2 recomputes each segment's states and forwards in turn and walks it
+// back. `forward(state, j)` returns chunk j's forward record
 // (a Fwd, or a caller's type holding one), `update(state, fwd, j)` the state after it, `backward(state, fwd, j, grad_after)` the
 // gradients of its start state.
-template <class Fw, class Up, class Bw>
-Grad reverse_walk(const State& st0, int64_t nc, int64_t every, Grad gn, Fw&& forward,
-                  Up&& update, Bw&& backward) {
+template <class Adv, class Fw, class Up, class Bw>
+Grad reverse_walk(const State& st0, int64_t nc, int64_t every, Grad gn, Adv&& advance,
+                  Fw&& forward, Up&& update, Bw&& backward) {
   using Record = std::decay_t<decltype(forward(st0, int64_t{0}))>;
   every = std::max<int64_t>(1, every);
   const int64_t nseg = (nc + every - 1) / every;
@@ -147,7 +155,7 @@ Grad reverse_walk(const State& st0, int64_t nc, int64_t every, Grad gn, Fw&& for
   State st = st0;
   for (int64_t j = 0; j < (nseg - 1) * every; ++j) {
     if (j % every == 0) ckpt.push_back(st);
-    st = update(st, forward(st, j), j);
+    st = advance(st, j);
   }
   ckpt.push_back(st);
   for (int64_t s = nseg - 1; s >= 0; --s) {

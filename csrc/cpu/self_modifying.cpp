@@ -255,6 +255,10 @@ std::vector<at::Tensor> self_modifying_scan_backward(const SelfModInputs& in,
       gn = reverse_walk(
           gather_state(s_in, p.work, gr.seqs), static_cast<int64_t>(grid.size()),
           a.checkpoint_every, gn,
+          [&](const State& s, int64_t j) {
+            const SmFwd r = sm_forward(X, s, grid[j], gt, a, am, p);
+            return chunk_update(s, r.f, r.local, am, p);
+          },
           [&](const State& s, int64_t j) { return sm_forward(X, s, grid[j], gt, a, am, p); },
           [&](const State& s, const SmFwd& r, int64_t j) {
             return chunk_update(s, r.f, r.local, am, p);
