@@ -5,14 +5,15 @@ One block, for the residual stream u `[B, T, d_model]`:
 
     h   = RMSNorm(u)
     q   = L2norm(silu(conv(h W_q)))               per head, the main memory's query
-    x   = silu(conv(h W_x))                       the self-modifying memories' input
+    x   = L2norm(silu(conv(h W_x)))               per head, the self-modifying memories' input
     k, v, η, g = self_modifying_scan(x)           (M_k, M_v, M_η, M_α; DESIGN §3.3)
     o   = M_main(q)                               linear DGD memory (read before write) or MLP
     u   = u + W_o o
     u   = CMS(u)                                  pre-norm residual levels, growing chunk sizes
 
 Ablations (the paper's table): `dgd_erase=False` (no DGD erase anywhere; the linear memory
-becomes a gated Hebbian memory), `momentum=0` (no momentum), `retention=False` (the main
+becomes a gated Hebbian memory), `momentum=0` (no momentum in the self-modifying and main
+memories; the CMS levels have their own `cms_momentum`, default 0), `retention=False` (the main
 memory and the CMS keep everything: g = 0 there; the self-modifying memories keep their own
 M_α gate, which also produces g), `use_cms=False` (a plain pre-norm MLP instead of the CMS),
 `static_k` / `static_v` (the main memory's keys / values from a static projection of h
@@ -65,7 +66,8 @@ class HopeConfig:
     main_chunk_size: int = 16             # C of the MLP main memory
     main_hidden_mult: int = 4             # its F = mult · head_dim
     eta_max: Optional[float] = None       # default 1 / self_mod_chunk_size
-    momentum: float = 0.9                 # of every in-context memory (0: the ablation)
+    momentum: float = 0.9                 # of the self-modifying and main memories
+    cms_momentum: float = 0.0             # of the CMS levels (0.9 diverged in training)
     cms_chunk_sizes: Tuple[int, ...] = (16, 64)
     cms_hidden_mult: float = 4.0
     cms_num_heads: Optional[int] = None   # default num_heads
@@ -121,8 +123,10 @@ class HopeConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > low \
                     or not math.isfinite(v):
                 raise ValueError(f"HopeConfig: {name} must be a finite number > {low}, got {v!r}")
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise ValueError(f"HopeConfig: momentum must be in [0, 1), got {self.momentum!r}")
+        for name in ("momentum", "cms_momentum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"HopeConfig: {name} must be in [0, 1), got {v!r}")
 
     @property
     def inner_dim(self) -> int:
@@ -295,7 +299,7 @@ class HopeBlock(nn.Module):
         self.o_proj = nn.Linear(inner, cfg.d_model, bias=False)
         if cfg.use_cms:
             self.cms = CMS(cfg.d_model, cfg.cms_num_heads, cfg.cms_chunk_sizes,
-                           hidden_mult=cfg.cms_hidden_mult, momentum=cfg.momentum,
+                           hidden_mult=cfg.cms_hidden_mult, momentum=cfg.cms_momentum,
                            dgd_erase=cfg.dgd_erase, retention=cfg.retention, norm="rmsnorm",
                            checkpoint_every=cfg.checkpoint_every)
             self.mlp = None
@@ -329,7 +333,9 @@ class HopeBlock(nn.Module):
         q, tail_q = self.conv_q(self.q_proj(h), c.conv_q)
         x, tail_x = self.conv_x(self.x_proj(h), c.conv_x)
         q = F.normalize(q.view(B, T, H, D), dim=-1, eps=1e-6)
-        x = x.view(B, T, H, D)
+        # unit rows: the memories' in-context descent is stable for ‖x‖ ≲ 1 at eta_max = 1/C
+        # (it diverged for per-head norms of 2–3)
+        x = F.normalize(x.view(B, T, H, D), dim=-1, eps=1e-6)
         weights = (self.sm_w_in, self.sm_w_out) if c.self_mod is None else (None, None)
         k, v, eta, g, sm_state = self_modifying_scan(
             x, *weights, self.w_eta, self.w_alpha, cfg.self_mod_chunk_size,
