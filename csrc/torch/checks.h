@@ -29,6 +29,27 @@ inline bool debug_checks() {
   return e != nullptr && e[0] == '1';
 }
 
+// "<op>: <name> must be float32, bfloat16, float16 or float64, got <dtype>" (TypeError).
+inline void check_float_arg(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(is_sequence_dtype(t.scalar_type()), op, ": ", name,
+                   " must be float32, bfloat16, float16 or float64, got ",
+                   dtype_name(t.scalar_type()));
+}
+
+// "<op>: <name> is on <device> but <ref_name> is on <device>" (ValueError).
+inline void check_same_device(const char* op, const at::Tensor& t, const at::Tensor& ref,
+                              const char* name, const char* ref_name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
+                    ref_name, " is on ", ref.device());
+}
+
+// "<op>: <name> must be <what> = <want>, got <shape>" (ValueError).
+inline void check_shape_arg(const char* op, const at::Tensor& t, at::IntArrayRef want,
+                            const char* name, const char* what) {
+  TORCH_CHECK_VALUE(t.sizes() == want, op, ": ", name, " must be ", what, " = ", want, ", got ",
+                    t.sizes());
+}
+
 // cu_seqlens of a packed batch [1, T, ...] (DESIGN §2): 1-D int32/int64 offsets on `ref`'s
 // device; its values (start 0, end T, non-decreasing) are checked for CPU tensors or under
 // NLCORE_DEBUG=1. Returns N, the number of sequences. Messages start with `op`.

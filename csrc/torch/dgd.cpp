@@ -9,15 +9,10 @@
 namespace nlcore::glue {
 namespace {
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(is_sequence_dtype(t.scalar_type()), "dgd: ", name,
-                   " must be float32, bfloat16, float16 or float64, got ",
-                   dtype_name(t.scalar_type()));
-}
+void check_float(const at::Tensor& t, const char* name) { check_float_arg("dgd", t, name); }
 
 void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), "dgd: ", name, " is on ", t.device(),
-                    " but q is on ", ref.device());
+  glue::check_same_device("dgd", t, ref, name, "q");
 }
 
 }  // namespace

@@ -15,20 +15,14 @@ namespace {
 
 constexpr const char* kOp = "memory_mlp_scan";
 
-void check_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(is_sequence_dtype(t.scalar_type()), kOp, ": ", name,
-                   " must be float32, bfloat16, float16 or float64, got ",
-                   dtype_name(t.scalar_type()));
-}
+void check_float(const at::Tensor& t, const char* name) { check_float_arg(kOp, t, name); }
 
 void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), kOp, ": ", name, " is on ", t.device(),
-                    " but x is on ", ref.device());
+  check_same_device(kOp, t, ref, name, "x");
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef want, const char* name, const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == want, kOp, ": ", name, " must be ", what, " = ", want, ", got ",
-                    t.sizes());
+  check_shape_arg(kOp, t, want, name, what);
 }
 
 }  // namespace

@@ -15,16 +15,12 @@ constexpr const char* kOp = "self_modifying_scan";
 using Opt = std::optional<at::Tensor>;
 
 void check_float(const at::Tensor& t, const char* name, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(is_sequence_dtype(t.scalar_type()), kOp, ": ", name,
-                   " must be float32, bfloat16, float16 or float64, got ",
-                   dtype_name(t.scalar_type()));
-  TORCH_CHECK_VALUE(t.device() == x.device(), kOp, ": ", name, " is on ", t.device(),
-                    " but x is on ", x.device());
+  check_float_arg(kOp, t, name);
+  check_same_device(kOp, t, x, name, "x");
 }
 
 void check_shape(const at::Tensor& t, at::IntArrayRef want, const char* name, const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == want, kOp, ": ", name, " must be ", what, " = ", want, ", got ",
-                    t.sizes());
+  check_shape_arg(kOp, t, want, name, what);
 }
 
 }  // namespace
