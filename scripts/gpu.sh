@@ -20,6 +20,9 @@
 # Exit status: 0 when the stage passed (sanitize "unavailable" counts as passed), else 1.
 #
 # Environment: NLCORE_PYTHON (python3), NLCORE_STAGE_TIMEOUT (seconds per stage, 450),
+# NLCORE_DEADLINE (epoch seconds: every stage's timeout is cut to end 20 s before it, so one
+# device call can run several stages, e.g. `all`, inside its limit), NLCORE_TEST_ARGS (pytest
+# arguments of the test stage, default -x; e.g. "--maxfail=50 -n 8 --timeout=120"),
 # NLCORE_CUDA_ARCHS (90a-real), NLCORE_KERNEL_SET (full), NLCORE_BENCH_ARGS (extra args to
 # bench/run.py), NLCORE_SANITIZE_KERNELS (a compute-sanitizer --kernel-name filter, e.g.
 # kns=nlcore; default: every kernel), NLCORE_GPU_SH_DEVICE (cuda; cpu dry-runs the script).
@@ -37,7 +40,17 @@ mkdir -p "$OUTDIR" || exit 1
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 PY="${NLCORE_PYTHON:-python3}"
 DEV="${NLCORE_GPU_SH_DEVICE:-cuda}"   # cpu only to dry-run this script without a GPU
-T="${NLCORE_STAGE_TIMEOUT:-450}"
+T0="${NLCORE_STAGE_TIMEOUT:-450}"
+T=$T0
+# set_budget: T = the stage timeout, cut to the deadline (NLCORE_DEADLINE) less 20 s
+set_budget() {
+  T=$T0
+  if [ -n "${NLCORE_DEADLINE:-}" ]; then
+    local left=$(( ${NLCORE_DEADLINE%.*} - $(date +%s) - 20 ))
+    [ "$left" -lt "$T" ] && T=$left
+  fi
+  [ "$T" -gt 1 ] || T=1
+}
 export PYTHONUNBUFFERED=1
 
 # ------------------------------------------------------------------ helper (python)
@@ -202,7 +215,8 @@ sys.exit(0 if nlcore.cuda_kernels_available() else 3)" >>"$log" 2>&1 && kernels=
 stage_test() {
   local log="$OUTDIR/test.log" t0 rc status detail
   t0=$(now)
-  timeout "$T" "$PY" -m pytest -m cuda -x --durations=20 -p no:cacheprovider \
+  # shellcheck disable=SC2086
+  timeout "$T" "$PY" -m pytest -m cuda ${NLCORE_TEST_ARGS:--x -p no:cacheprovider} --durations=20 \
     --junitxml="$OUTDIR/junit.xml" tests 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   case $rc in 0) status=ok ;; 5) status=no-tests ;; 124) status=timeout ;; *) status=fail ;; esac
@@ -249,6 +263,7 @@ stage_sanitize() {
   rm -f "$probe"
   [ -n "${NLCORE_SANITIZE_KERNELS:-}" ] && filter=(--kernel-name "$NLCORE_SANITIZE_KERNELS")
   per=$(( (T - 120) / 2 ))
+  [ "$per" -gt 30 ] || per=30
   for tool in memcheck racecheck; do
     local tlog="$OUTDIR/.sanitize-$tool.tmp"
     echo "== $tool (timeout ${per}s)" | tee -a "$log"
@@ -284,7 +299,7 @@ stage_bench() {
   # --max-seconds leaves the run time to write its record before `timeout` would strike
   # shellcheck disable=SC2086
   timeout "$T" "$PY" bench/run.py --out "$OUTDIR" --device "$DEV" --no-progress \
-    --max-seconds $((T - 90)) ${NLCORE_BENCH_ARGS:-} 2>&1 | tee -a "$log"
+    --max-seconds $(( T > 120 ? T - 90 : T / 2 )) ${NLCORE_BENCH_ARGS:-} 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   case $rc in 0) status=ok ;; 124) status=timeout ;; *) status=fail ;; esac
   helper record bench "$status" "$rc" "$(elapsed "$t0")" "$(helper benchrec "$OUTDIR")"
@@ -298,11 +313,12 @@ case "$STAGE" in
   all)
     for s in build test sanitize bench; do
       echo "######## $s"
+      set_budget
       "stage_$s" || result=1
       [ $s = build ] && [ $result -ne 0 ] && break
     done ;;
   summary) ;;
-  *) "stage_$STAGE" || result=1 ;;
+  *) set_budget; "stage_$STAGE" || result=1 ;;
 esac
 echo
 helper summary
