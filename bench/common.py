@@ -618,7 +618,10 @@ def format_summary(rows: Sequence[Dict[str, Any]], ours: str = "nlcore") -> str:
         me = next((r for r in rs if r["impl"] == ours), None)
         others = [r for r in rs if r["ms"] and r is not ref and r is not me]
         best = min(others, key=lambda r: r["ms"], default=None)
-        mine = "" if me is None else ("error" if me["error"] else _num(me["ms"], 4))
+        mine = "" if me is None else (_num(me["ms"], 4) if not me["error"] else
+                                      "skipped" if me["error"].startswith("skipped")
+                                      else "interrupted" if me["error"] == "interrupted"
+                                      else "error")
         roof = me and me["roofline_frac"] and 100 * me["roofline_frac"]
         speed = "" if not me or me["speedup_vs_ref"] is None else f"{me['speedup_vs_ref']:.2f}x"
         other = "" if best is None else f"{best['impl']} {_num(best['ms'], 4)}" + (
@@ -642,7 +645,7 @@ def write_record(out_dir: os.PathLike, env: Dict[str, Any], ceilings: Ceilings,
     if name is None:
         stamp = env["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
         name = (f"bench-{stamp}-{_slug(str(env.get('device_name')))}-"
-                f"{str(env.get('git_commit'))[:8]}.json")
+                f"{_slug(str(env.get('git_commit'))[:8])}.json")
     record = {"schema": SCHEMA, **env, "ceilings": dataclasses.asdict(ceilings),
               "args": args, "rows": list(rows)}
     path = out / name

@@ -22,7 +22,10 @@
 # Environment: NLCORE_PYTHON (python3), NLCORE_STAGE_TIMEOUT (seconds per stage, 450),
 # NLCORE_DEADLINE (epoch seconds: every stage's timeout is cut to end 20 s before it, so one
 # device call can run several stages, e.g. `all`, inside its limit), NLCORE_TEST_ARGS (pytest
-# arguments of the test stage, default -x; e.g. "--maxfail=50 -n 8 --timeout=120"),
+# arguments of the test stage, default -x; on a first run of new kernels rather
+# "--maxfail=80 -n 8 --timeout=120 --timeout-method=thread -v -rfE": every failing test named as
+# it happens, and a kernel that hangs ends its worker instead of the stage; a SIGALRM timeout
+# cannot interrupt a thread blocked in C code; both test runs of 2026-11-26 stalled silently),
 # NLCORE_CUDA_ARCHS (90a-real), NLCORE_KERNEL_SET (full), NLCORE_BENCH_ARGS (extra args to
 # bench/run.py), NLCORE_SANITIZE_KERNELS (a compute-sanitizer --kernel-name filter, e.g.
 # kns=nlcore; default: every kernel), NLCORE_GPU_SH_DEVICE (cuda; cpu dry-runs the script).
@@ -216,7 +219,8 @@ stage_test() {
   local log="$OUTDIR/test.log" t0 rc status detail
   t0=$(now)
   # shellcheck disable=SC2086
-  timeout "$T" "$PY" -m pytest -m cuda ${NLCORE_TEST_ARGS:--x -p no:cacheprovider} --durations=20 \
+  # SIGINT first: pytest then stops like ^C, prints its summary and still writes junit.xml
+  timeout -s INT -k 20 "$T" "$PY" -m pytest -m cuda ${NLCORE_TEST_ARGS:--x -p no:cacheprovider} --durations=20 \
     --junitxml="$OUTDIR/junit.xml" tests 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   case $rc in 0) status=ok ;; 5) status=no-tests ;; 124) status=timeout ;; *) status=fail ;; esac

@@ -418,7 +418,7 @@ std::vector<at::Tensor> dgd_backward(const DgdInputs& in, const at::Tensor& d_o,
       dGc = dGc + MM.sum(-1) - MM.sum(-2) + dDq;
     }
     const at::Tensor dd = (KdS * W).sum(-1) * r.d;                       // [BH, NC, C]
-    const at::Tensor deC = (S0s * dSe).sum({-1, -2}) * r.eC;             // [BH, NC]
+    const at::Tensor deC = (S0s * dSe).sum(at::IntArrayRef{-1, -2}) * r.eC;             // [BH, NC]
     dGc = dGc - dd;
     dGc.select(-1, ch.C - 1).add_(dd.sum(-1) + deC);
     // Gc_t = Σ_{s≤t} g_s, Gp_t = Σ_{s<t} g_s (within the chunk).

@@ -138,7 +138,7 @@ at::Tensor newton_schulz_backward(const at::Tensor& grad, const at::Tensor& G,
   // Normalization.
   const at::Tensor& norm = st.norm;
   const at::Tensor& denom = st.denom;
-  at::Tensor dot = (st.Y * Gb).sum({1, 2}, /*keepdim=*/true);
+  at::Tensor dot = (st.Y * Gb).sum(at::IntArrayRef{1, 2}, /*keepdim=*/true);
   at::Tensor active = args.norm_additive
                           ? at::ones_like(norm)
                           : (norm * args.norm_scale > args.eps).to(norm.scalar_type());

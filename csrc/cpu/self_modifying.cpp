@@ -145,10 +145,10 @@ Grad sm_backward(const State& st, const SmFwd& r, const Chunk& c, const Grad& gn
   const at::Tensor da = deta * r.eta * (1 - r.eta / a.eta_max);  // [R, H, len]
   const at::Tensor db = dg * (1 - r.g.exp());
   const at::Tensor R5 = r.Rx.view({R, M, H, len, D});
-  sk.dw_eta += (da.unsqueeze(-1) * R5.select(1, 2)).sum({0, 2});
-  sk.dw_alpha += (db.unsqueeze(-1) * R5.select(1, 3)).sum({0, 2});
-  sk.db_eta += da.sum({0, 2});
-  sk.db_alpha += db.sum({0, 2});
+  sk.dw_eta += (da.unsqueeze(-1) * R5.select(1, 2)).sum(at::IntArrayRef{0, 2});
+  sk.dw_alpha += (db.unsqueeze(-1) * R5.select(1, 3)).sum(at::IntArrayRef{0, 2});
+  sk.db_eta += da.sum(at::IntArrayRef{0, 2});
+  sk.db_alpha += db.sum(at::IntArrayRef{0, 2});
   const at::Tensor dRx = at::stack({dRk, dv, da.unsqueeze(-1) * gt.w_eta,
                                     db.unsqueeze(-1) * gt.w_alpha}, 1)
                              .view({R, M * H, len, D});
