@@ -109,7 +109,7 @@ std::vector<at::Tensor> memory_mlp_scan_backward(const MlpScanInputs& in, const 
       at::Tensor dU = at::zeros({R, L.H, len, rw.lay.nr, L.D}, opt);
       at::Tensor dVg = at::zeros({R, L.H, len, L.D}, opt);
       at::Tensor detag = at::zeros({R, L.H, len}, opt), dgg = at::zeros_like(detag);
-      const at::Tensor dYg = take_tokens(d_y, gr, p.work);
+      const at::Tensor dYg = take_tokens(d_y, gr, p.work).contiguous();
       gn = reverse_walk(
           gather_state(state_in(in), p.work, gr.seqs), static_cast<int64_t>(grid.size()),
           a.checkpoint_every, gn,
@@ -118,10 +118,20 @@ std::vector<at::Tensor> memory_mlp_scan_backward(const MlpScanInputs& in, const 
               return token_step(rw, s, grid[j], a, p, at::Tensor());
             return chunk_update(s, chunk_forward(rw, s, grid[j], a, p), grid[j], a, p);
           },
-          [&](const State& s, int64_t j) { return chunk_forward(rw, s, grid[j], a, p); },
-          [&](const State& s, const Fwd& f, int64_t j) { return chunk_update(s, f, grid[j], a, p); },
+          [&](const State& s, int64_t j) {
+            if (!token_step_applies(rw, s, grid[j], p)) return chunk_forward(rw, s, grid[j], a, p);
+            Fwd f;  // C = 1: token_backward recomputes the token itself
+            f.token = true;
+            f.len = 1;
+            return f;
+          },
+          [&](const State& s, const Fwd& f, int64_t j) {
+            return f.token ? token_step(rw, s, grid[j], a, p, at::Tensor())
+                           : chunk_update(s, f, grid[j], a, p);
+          },
           [&](const State& s, const Fwd& f, int64_t j, const Grad& g) {
             const Chunk& c = grid[j];
+            if (f.token) return token_backward(rw, s, c, g, a, p, dYg, dU, dVg, detag, dgg);
             const int64_t cl = c.e - c.s;
             return chunk_backward(s, f, c, g, a, p, dYg.narrow(2, c.s, cl),
                                   dU.narrow(2, c.s, cl), dVg.narrow(2, c.s, cl),

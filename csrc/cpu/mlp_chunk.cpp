@@ -372,6 +372,194 @@ NLCORE_CPU_CLONES void token_block_f64(const double* U, const double* Vt, double
                       P2o, y);
 }
 
+// Pointers of one (row, head) for token_back_block. Null: gP1n / gP2n (zero gradient of the
+// momentum after the token), gP1 / gP2 (μ = 0), Vt (self-targets), dY (no reads), dV (iv >= 0).
+template <typename T>
+struct TokenBack {
+  const T *U, *Vt, *W1, *W2, *gW1n, *gP1n, *gW2n, *gP2n, *dY;
+  T eta, g;
+  T *gW1, *gW2, *gP1, *gP2, *dU, *dV, *deta, *dg;
+};
+
+// The backward of token_block: recomputes the token's reads, inner gradient and update, then
+// walks them back (the math of chunk_backward at len = 1 with no carried sums), in plain loops.
+// Writes the token's dU [nr, D], dV, deta, dg and the start state's gradients gW1, gW2, gP1,
+// gP2 (whole blocks).
+template <typename T>
+void token_back_block(const TokenBack<T>& b, int64_t nr, int64_t ix, int64_t ik, int64_t iv,
+                      int64_t D, int64_t F, const MlpScanArgs& a) {
+  const int64_t M = std::max(D, F);
+  std::vector<T> buf(static_cast<size_t>(nr * F * 4 + F * 7 + nr * D * 2 + D * 5 + M));
+  T* z = buf.data();      // [nr, F] pre-activations
+  T* h = z + nr * F;      // [nr, F] σ(z)
+  T* sp = h + nr * F;     // [nr, F] σ'(z)
+  T* dZ = sp + nr * F;    // [nr, F] dH, then dZ
+  T* d2k = dZ + nr * F;   // [F] σ''(z_k)
+  T* r = d2k + F;         // [F] R = W2ᵀ ηe
+  T* q1 = r + F;          // [F] Q1
+  T* dQ1 = q1 + F;        // [F]
+  T* dHk = dQ1 + F;       // [F] gradient of σ(z_k) through G2
+  T* dR = dHk + F;        // [F]
+  T* dZk = dR + F;        // [F]
+  T* out = dZk + F;       // [nr, D] memory outputs
+  T* dOut = out + nr * D; // [nr, D]
+  T* E = dOut + nr * D;   // [D]
+  T* ee = E + D;          // [D] ηe
+  T* dKp = ee + D;        // [D] dK through G1
+  T* K2 = dKp + D;        // [D] dEη through G2
+  T* dEeta = K2 + D;      // [D]
+  T* tb = dEeta + D;      // [max(D, F)] T = dP' + dW' of one weight row
+  const bool silu = a.activation == MlpActivation::kSilu;
+  const bool l2 = a.objective == MlpObjective::kL2;
+  const T eta = b.eta, alpha = std::exp(b.g), mu = static_cast<T>(a.momentum);
+  const T* U = b.U;
+  const T* W1 = b.W1;
+  const T* W2 = b.W2;
+
+  // ---- forward (as token_block)
+  for (int64_t f = 0; f < F; ++f)
+    for (int64_t q = 0; q < nr; ++q) z[q * F + f] = dot_lanes(W1 + f * D, U + q * D, D);
+  for (int64_t q = 0; q < nr; ++q)
+    for (int64_t f = 0; f < F; ++f) {
+      const T zz = z[q * F + f];
+      if (silu) {
+        const T sg = T(1) / (T(1) + std::exp(-zz));
+        h[q * F + f] = zz * sg;
+        sp[q * F + f] = sg * (T(1) + zz * (T(1) - sg));
+        if (q == ik) d2k[f] = sg * (T(1) - sg) * (T(2) + zz * (T(1) - T(2) * sg));
+      } else {
+        const T cdf = T(0.5) * (T(1) + std::erf(zz * T(M_SQRT1_2)));
+        const T pdf = std::exp(T(-0.5) * zz * zz) * T(0.5 * M_2_SQRTPI * M_SQRT1_2);
+        h[q * F + f] = zz * cdf;
+        sp[q * F + f] = cdf + zz * pdf;
+        if (q == ik) d2k[f] = pdf * (T(2) - zz * zz);
+      }
+    }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t q = 0; q < nr; ++q) {
+      const T acc = dot_lanes(W2 + d * F, h + q * F, F);
+      out[q * D + d] = a.residual ? U[q * D + d] + acc : acc;
+    }
+  const T* target = iv >= 0 ? out + iv * D : b.Vt;
+  for (int64_t d = 0; d < D; ++d) {
+    E[d] = l2 ? out[ik * D + d] - target[d] : -target[d];
+    ee[d] = eta * E[d];
+  }
+  std::fill(r, r + F, T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const T e = ee[d];
+    const T* w = W2 + d * F;
+    for (int64_t f = 0; f < F; ++f) r[f] += e * w[f];
+  }
+  const T* zk = z + ik * F;
+  const T* spk = sp + ik * F;
+  const T* hk = h + ik * F;
+  const T* k = U + ik * D;
+  for (int64_t f = 0; f < F; ++f) q1[f] = spk[f] * r[f] + (a.dgd_erase ? eta * zk[f] : T(0));
+
+  // ---- the update: T = dP' + dW', dG = −T, dP = μ T, dW = ᾱ dW', dΣg = ᾱ ⟨dW', W⟩;
+  // G1 = Q1 ⊗ k: dQ1 = dG1 k, dk = dG1ᵀ Q1
+  T dot = 0;
+  std::fill(dKp, dKp + D, T(0));
+  for (int64_t f = 0; f < F; ++f) {
+    const int64_t o = f * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const T gw = b.gW1n[o + d];
+      const T t = b.gP1n ? gw + b.gP1n[o + d] : gw;
+      tb[d] = t;
+      b.gW1[o + d] = alpha * gw;
+      if (b.gP1) b.gP1[o + d] = mu * t;
+    }
+    dot += dot_lanes(b.gW1n + o, W1 + o, D);
+    dQ1[f] = -dot_lanes(k, tb, D);
+    const T qf = q1[f];
+    for (int64_t d = 0; d < D; ++d) dKp[d] -= qf * tb[d];
+  }
+  for (int64_t f = 0; f < F; ++f) {  // Q1 = σ'(z_k) ⊙ R [+ η z_k]
+    dR[f] = spk[f] * dQ1[f];
+    dZk[f] = d2k[f] * r[f] * dQ1[f] + (a.dgd_erase ? eta * dQ1[f] : T(0));
+  }
+  // G2 = ηe ⊗ σ(z_k): dηe = dG2 σ(z_k) (+ dR W2ᵀ through R), dσ(z_k) = dG2ᵀ ηe
+  std::fill(dHk, dHk + F, T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const int64_t o = d * F;
+    for (int64_t f = 0; f < F; ++f) {
+      const T gw = b.gW2n[o + f];
+      const T t = b.gP2n ? gw + b.gP2n[o + f] : gw;
+      tb[f] = t;
+      b.gW2[o + f] = alpha * gw;
+      if (b.gP2) b.gP2[o + f] = mu * t;
+    }
+    dot += dot_lanes(b.gW2n + o, W2 + o, F);
+    K2[d] = -dot_lanes(hk, tb, F);
+    dEeta[d] = K2[d] + dot_lanes(dR, W2 + o, F);
+    const T e = ee[d];
+    for (int64_t f = 0; f < F; ++f) dHk[f] -= e * tb[f];
+  }
+  *b.dg = alpha * dot;
+  *b.deta = dot_lanes(E, dEeta, D) + (a.dgd_erase ? dot_lanes(zk, dQ1, F) : T(0));
+
+  // ---- the memory outputs: x row ← dY, k row ← dPr (= dE with "l2"), v row ← dTg (= −dE)
+  std::fill(dOut, dOut + nr * D, T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const T de = eta * dEeta[d];
+    if (ix >= 0) dOut[ix * D + d] = b.dY[d];
+    if (l2) dOut[ik * D + d] = de;
+    if (iv >= 0)
+      dOut[iv * D + d] = -de;
+    else
+      b.dV[d] = -de;
+  }
+  // dH = dOut W2 (+ dσ(z_k)); dW2 += ηeᵀ dR + dOutᵀ H
+  std::fill(dZ, dZ + nr * F, T(0));
+  for (int64_t d = 0; d < D; ++d) {
+    const int64_t o = d * F;
+    const T* w = W2 + o;
+    T* gw = b.gW2 + o;
+    const T e = ee[d];
+    for (int64_t f = 0; f < F; ++f) gw[f] += e * dR[f];
+    for (int64_t q = 0; q < nr; ++q) {
+      const T c = dOut[q * D + d];
+      T* dh = dZ + q * F;
+      const T* hq = h + q * F;
+      for (int64_t f = 0; f < F; ++f) {
+        dh[f] += c * w[f];
+        gw[f] += c * hq[f];
+      }
+    }
+  }
+  for (int64_t f = 0; f < F; ++f) dZ[ik * F + f] += dHk[f];
+  for (int64_t q = 0; q < nr * F; ++q) dZ[q] *= sp[q];
+  for (int64_t f = 0; f < F; ++f) dZ[ik * F + f] += dZk[f];
+  // dU = [dOut +] dZ W1 (+ dk on the k row); dW1 += dZᵀ U
+  for (int64_t q = 0; q < nr * D; ++q) b.dU[q] = a.residual ? dOut[q] : T(0);
+  for (int64_t f = 0; f < F; ++f) {
+    const int64_t o = f * D;
+    const T* w = W1 + o;
+    T* gw = b.gW1 + o;
+    for (int64_t q = 0; q < nr; ++q) {
+      const T c = dZ[q * F + f];
+      T* du = b.dU + q * D;
+      const T* uq = U + q * D;
+      for (int64_t d = 0; d < D; ++d) {
+        du[d] += c * w[d];
+        gw[d] += c * uq[d];
+      }
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) b.dU[ik * D + d] += dKp[d];
+}
+NLCORE_CPU_CLONES void token_back_f32(const TokenBack<float>& b, int64_t nr, int64_t ix,
+                                      int64_t ik, int64_t iv, int64_t D, int64_t F,
+                                      const MlpScanArgs& a) {
+  token_back_block<float>(b, nr, ix, ik, iv, D, F, a);
+}
+NLCORE_CPU_CLONES void token_back_f64(const TokenBack<double>& b, int64_t nr, int64_t ix,
+                                      int64_t ik, int64_t iv, int64_t D, int64_t F,
+                                      const MlpScanArgs& a) {
+  token_back_block<double>(b, nr, ix, ik, iv, D, F, a);
+}
+
 // Up to this many tokens the update sums the chunk's rank-one terms inline (no G tensor).
 constexpr int64_t kInlineTokens = 8;
 
@@ -638,6 +826,76 @@ State token_step(const Rows& rw, const State& st, const Chunk& c, const MlpScanA
     }
   });
   return n;
+}
+
+Grad token_backward(const Rows& rw, const State& st, const Chunk& c, const Grad& gn,
+                    const MlpScanArgs& a, const Prec& p, const at::Tensor& dY, at::Tensor& dU,
+                    at::Tensor& dV, at::Tensor& deta, at::Tensor& dg) {
+  TORCH_INTERNAL_ASSERT(token_step_applies(rw, st, c, p));
+  TORCH_INTERNAL_ASSERT(dU.is_contiguous() && dV.is_contiguous() && deta.is_contiguous() &&
+                        dg.is_contiguous() && (!dY.defined() || dY.is_contiguous()));
+  const at::Tensor W1 = st.w1.contiguous(), W2 = st.w2.contiguous();
+  const int64_t R = W1.size(0), H = W1.size(1), F = W1.size(2), D = W1.size(3);
+  const int64_t T = rw.U.size(2), nr = rw.lay.nr, t = c.s;
+  const bool has_mu = a.momentum != 0.0;
+  auto cont = [&](const at::Tensor& x, const at::Tensor& like) {
+    return x.defined() ? x.contiguous() : at::zeros_like(like);
+  };
+  const at::Tensor gW1n = cont(gn.w1, W1), gW2n = cont(gn.w2, W2);
+  const at::Tensor gP1n = gn.p1.defined() ? gn.p1.contiguous() : at::Tensor();
+  const at::Tensor gP2n = gn.p2.defined() ? gn.p2.contiguous() : at::Tensor();
+  Grad gs;
+  gs.w1 = at::empty_like(W1);
+  gs.w2 = at::empty_like(W2);
+  if (has_mu) {
+    gs.p1 = at::empty_like(W1);
+    gs.p2 = at::empty_like(W2);
+  }
+  const bool f64 = W1.scalar_type() == at::kDouble;
+  at::parallel_for(0, R * H, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t tok = bi * T + t;
+      auto run = [&](auto zero) {
+        using S = decltype(zero);
+        auto at_ = [&](const at::Tensor& x, int64_t off) -> const S* {
+          return x.defined() ? x.data_ptr<S>() + off : nullptr;
+        };
+        auto mut = [&](at::Tensor& x, int64_t off) -> S* {
+          return x.defined() ? x.data_ptr<S>() + off : nullptr;
+        };
+        const int64_t wb = bi * F * D;
+        TokenBack<S> tb{};
+        tb.U = rw.U.data_ptr<S>() + tok * nr * D;
+        tb.Vt = rw.lay.iv >= 0 ? nullptr : rw.V.data_ptr<S>() + tok * D;
+        tb.W1 = W1.data_ptr<S>() + wb;
+        tb.W2 = W2.data_ptr<S>() + wb;
+        tb.gW1n = gW1n.data_ptr<S>() + wb;
+        tb.gW2n = gW2n.data_ptr<S>() + wb;
+        tb.gP1n = at_(gP1n, wb);
+        tb.gP2n = at_(gP2n, wb);
+        tb.dY = rw.lay.ix >= 0 ? at_(dY, tok * D) : nullptr;
+        tb.eta = rw.eta.data_ptr<S>()[tok];
+        tb.g = rw.g.data_ptr<S>()[tok];
+        tb.gW1 = gs.w1.data_ptr<S>() + wb;
+        tb.gW2 = gs.w2.data_ptr<S>() + wb;
+        tb.gP1 = mut(gs.p1, wb);
+        tb.gP2 = mut(gs.p2, wb);
+        tb.dU = dU.data_ptr<S>() + tok * nr * D;
+        tb.dV = rw.lay.iv >= 0 ? nullptr : dV.data_ptr<S>() + tok * D;
+        tb.deta = deta.data_ptr<S>() + tok;
+        tb.dg = dg.data_ptr<S>() + tok;
+        if constexpr (std::is_same_v<S, float>)
+          token_back_f32(tb, nr, rw.lay.ix, rw.lay.ik, rw.lay.iv, D, F, a);
+        else
+          token_back_f64(tb, nr, rw.lay.ix, rw.lay.ik, rw.lay.iv, D, F, a);
+      };
+      if (f64)
+        run(double{});
+      else
+        run(float{});
+    }
+  });
+  return gs;
 }
 
 std::vector<Group> make_groups(const std::optional<at::Tensor>& cu_seqlens, int64_t B, int64_t T,

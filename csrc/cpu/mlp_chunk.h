@@ -79,6 +79,7 @@ struct Fwd {
   at::Tensor U, Z, Hall, dHall, Out, Zk, Hk, dHk, E, Eeta, Rr, Q1, K, eta, gsum;
   int64_t len;
   RowLayout lay;
+  bool token = false;  // a token_step chunk: nothing computed, token_backward recomputes it
 };
 
 at::Tensor rows_of(const at::Tensor& t, int64_t len, int64_t nr, int64_t r);  // [R, H, len, ·]
@@ -95,6 +96,14 @@ State chunk_update(const State& st, const Fwd& f, const Chunk& c, const MlpScanA
 bool token_step_applies(const Rows& rw, const State& st, const Chunk& c, const Prec& p);
 State token_step(const Rows& rw, const State& st, const Chunk& c, const MlpScanArgs& a,
                  const Prec& p, at::Tensor y);
+// The backward of a token_step chunk (token_step_applies): recomputes the token's forward and
+// walks it back in one pass of plain loops per (row, head), no Fwd record. dY [R, H, T, D],
+// dU [R, H, T, nr, D], dV [R, H, T, D], deta, dg [R, H, T]: the group's whole (contiguous)
+// buffers, written at token c.s. Returns the gradients of (w1, w2, p1, p2) at the token's
+// start (p1, p2 undefined when μ = 0; no carried sums).
+Grad token_backward(const Rows& rw, const State& st, const Chunk& c, const Grad& gn,
+                    const MlpScanArgs& a, const Prec& p, const at::Tensor& dY, at::Tensor& dU,
+                    at::Tensor& dV, at::Tensor& deta, at::Tensor& dg);
 // Backward of one chunk. `gn` holds the gradients of the state after the chunk: for a
 // complete chunk those of (w1, w2, p1, p2); for the incomplete last chunk also those of the
 // accumulators (a1, a2, ag) it leaves. dY: gradient of the reads (when lay.ix >= 0). Writes

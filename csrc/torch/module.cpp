@@ -23,5 +23,19 @@ extern "C" {
 static PyModuleDef nlcore_c_module = {PyModuleDef_HEAD_INIT, "_C",
                                       "nlcore native ops (registered under torch.ops.nlcore)",
                                       -1, nullptr};
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&nlcore_c_module); }
+// nlcore._C.openmp: 1 when the CPU ops were compiled with OpenMP (their at::parallel_for runs
+// on torch's intra-op threads), 0 when they run on one thread.
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&nlcore_c_module);
+#ifdef NLCORE_OPENMP
+  const long openmp = 1;
+#else
+  const long openmp = 0;
+#endif
+  if (m != nullptr && PyModule_AddIntConstant(m, "openmp", openmp) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}
 }
