@@ -27,11 +27,8 @@ the full forward's logits for any length.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -41,13 +38,11 @@ from torch import Tensor, nn
 from .._state import MLPMemoryState
 from ..nn.cms import CMS
 from ..ops import dgd, memory_mlp_scan, self_modifying_scan
+from ._pretrained import CONFIG_NAME, SAFETENSORS_NAME, TORCH_NAME, _Generate, _Pretrained
 
 __all__ = ["HopeConfig", "HopeCache", "HopeModel", "HopeForCausalLM", "HopeOutput"]
 
 MAIN_MEMORIES = ("linear", "mlp")
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-TORCH_NAME = "pytorch_model.bin"
 
 
 # ------------------------------------------------------------------------------------ config
@@ -383,89 +378,9 @@ class HopeOutput:
     hidden_states: Optional[Tensor] = None
 
 
-class _Pretrained:
-    config: HopeConfig
-
-    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
-        """Writes config.json and the weights (model.safetensors when safetensors is installed,
-        else pytorch_model.bin) into `directory` (created)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG_NAME).write_text(json.dumps({"model_type": "hope", **self.config.to_dict()},
-                                                indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        try:
-            from safetensors.torch import save_file
-        except ImportError:
-            (d / SAFETENSORS_NAME).unlink(missing_ok=True)
-            torch.save(state, d / TORCH_NAME)
-        else:
-            (d / TORCH_NAME).unlink(missing_ok=True)
-            # tied weights appear once
-            seen, uniq = {}, {}
-            for k, v in state.items():
-                key = (v.data_ptr(), v.shape, v.dtype)
-                if key not in seen:
-                    seen[key] = k
-                    uniq[k] = v
-            save_file(uniq, str(d / SAFETENSORS_NAME), metadata={"format": "pt"})
-        return d
-
-    @classmethod
-    def from_pretrained(cls, directory: Union[str, os.PathLike], map_location="cpu",
-                        **config_overrides):
-        """The model saved by `save_pretrained` (bit-identical parameters)."""
-        d = Path(directory)
-        where = f"{cls.__name__}.from_pretrained"
-        cfg_path = d / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{where}: no {CONFIG_NAME} in {str(d)!r}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where}: {cfg_path} is not valid JSON ({e})") from None
-        if not isinstance(raw, dict) or raw.pop("model_type", None) != "hope":
-            raise ValueError(f"{where}: {cfg_path} is not a Hope config (model_type != 'hope')")
-        cfg = HopeConfig.from_dict({**raw, **config_overrides})
-        model = cls(cfg)
-        if (d / SAFETENSORS_NAME).is_file():
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise ImportError(f"{where}: {d / SAFETENSORS_NAME} needs the safetensors "
-                                  f"package (pip install safetensors)") from None
-            try:
-                state = load_file(str(d / SAFETENSORS_NAME), device=str(map_location))
-            except Exception as e:
-                raise ValueError(f"{where}: cannot read {d / SAFETENSORS_NAME}: {e}") from None
-        elif (d / TORCH_NAME).is_file():
-            try:
-                state = torch.load(d / TORCH_NAME, map_location=map_location, weights_only=True)
-            except Exception as e:
-                raise ValueError(f"{where}: cannot read {d / TORCH_NAME}: {e}") from None
-        else:
-            raise FileNotFoundError(f"{where}: no {SAFETENSORS_NAME} or {TORCH_NAME} in "
-                                    f"{str(d)!r}")
-        own = model.state_dict()
-        # tied parameters are saved once: fill in their aliases
-        for k in own:
-            if k not in state:
-                alias = [j for j in own if j in state and own[j].data_ptr() == own[k].data_ptr()]
-                if alias:
-                    state[k] = state[alias[0]]
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or bad:
-            raise ValueError(f"{where}: checkpoint does not match the config: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}, wrong shape "
-                             f"{bad[:5]}")
-        model.load_state_dict(state)
-        return model
-
-
 class HopeModel(nn.Module, _Pretrained):
     """Embedding, Hope blocks, final norm: `forward(input_ids [B, T]) -> hidden [B, T, d]`."""
+    config_class, model_type, model_name = HopeConfig, "hope", "Hope"
 
     def __init__(self, config: HopeConfig):
         super().__init__()
@@ -501,10 +416,13 @@ class HopeModel(nn.Module, _Pretrained):
         return self.norm(u), new
 
 
-class HopeForCausalLM(nn.Module, _Pretrained):
+class HopeForCausalLM(nn.Module, _Pretrained, _Generate):
     """Hope with a language-model head: `forward(input_ids, labels=None, cache=None,
     use_cache=False) -> HopeOutput(logits, loss, cache)`; labels are the input ids (shifted
-    inside, -100 ignored)."""
+    inside, -100 ignored). `generate(input_ids, max_new_tokens, temperature=1.0, top_k=None,
+    generator=None)`: sampled continuation, one token at a time through the recurrent
+    cache (temperature 0: greedy)."""
+    config_class, model_type, model_name = HopeConfig, "hope", "Hope"
 
     def __init__(self, config: HopeConfig):
         super().__init__()
@@ -543,36 +461,3 @@ class HopeForCausalLM(nn.Module, _Pretrained):
         out = self(input_ids, cache=cache, use_cache=True)
         cache.copy_(out.cache)
         return out.logits
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None
-                 ) -> Tensor:
-        """Sampled continuation `[B, T + max_new_tokens]` (temperature 0: greedy), one token at
-        a time through the recurrent cache."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
-                or max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 0, got "
-                             f"{max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"generate: top_k must be an int >= 1 or None, got {top_k!r}")
-        if input_ids.shape[1] == 0:
-            raise ValueError("generate: input_ids needs at least one token")
-        out = self(input_ids, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
-        toks = [input_ids]
-        for _ in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                lg = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(lg, min(top_k, lg.shape[-1]), -1).values[:, -1:]
-                    lg = lg.masked_fill(lg < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(lg, -1), 1, generator=generator)
-            toks.append(nxt.to(input_ids.dtype))
-            out = self(toks[-1], cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1]
-        return torch.cat(toks, 1)

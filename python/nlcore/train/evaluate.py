@@ -71,12 +71,12 @@ class Loaded:
 
 
 def load_model(path: str, device: torch.device) -> Loaded:
-    from ..models import HopeForCausalLM
+    from ..models import from_pretrained
 
     ckpt = ckpt_io.resolve(path)
     state = ckpt_io.read_state(ckpt) if (ckpt / ckpt_io.STATE_NAME).is_file() else None
     try:
-        model = HopeForCausalLM.from_pretrained(ckpt)
+        model = from_pretrained(ckpt)   # Hope or Transformer, by config.json's model_type
     except (FileNotFoundError, ValueError, ImportError, TypeError) as e:
         raise TrainError(f"cannot load the model in {ckpt}: {e}") from None
     return Loaded(model.to(device).eval(), ckpt, state)

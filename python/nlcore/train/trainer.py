@@ -1,4 +1,6 @@
-"""The training loop of `nlcore train`: byte-level language modeling with Hope.
+"""The training loop of `nlcore train`: byte-level language modeling with Hope, or with the
+same-size Transformer baseline (`model="transformer"`; the `model` setting is saved with the
+run, so --resume, `nlcore eval` and `nlcore generate` rebuild the right class).
 
 One process, or several under `torchrun` (torch.distributed's launcher; the environment it
 sets — RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR — is all this reads): `--dist ddp`
@@ -36,6 +38,7 @@ from .data import VAL_FRACTION, WindowSampler, check_sizes, load_corpus, validat
 from .evaluate import LN2, cross_entropy_sum, metrics, pick_device
 from .progress import Progress
 
+MODELS = ("hope", "transformer")
 OPTIMIZERS = ("m3", "adamw")
 DISTS = ("ddp", "fsdp")
 PRECISIONS = ("fp32", "bf16")
@@ -44,13 +47,13 @@ LOG_NAME = "log.jsonl"
 
 # the settings a resumed run must share with its checkpoint (None on the command line: take
 # the checkpoint's); everything else (steps, eval/save cadence, device, dist) may change
-RUN_KEYS = ("preset", "overrides", "optimizer", "seq_len", "batch_size", "lr", "adamw_lr",
-            "weight_decay", "warmup", "grad_clip", "seed", "precision")
+RUN_KEYS = ("model", "preset", "overrides", "optimizer", "seq_len", "batch_size", "lr",
+            "adamw_lr", "weight_decay", "warmup", "grad_clip", "seed", "precision")
 # Conservative on purpose: Hope's in-context memories currently diverge when the outer
 # weights grow quickly or the windows are long (see README "Training"); these train the tiny
 # preset stably on the embedded corpus.
-DEFAULTS = dict(preset="tiny", overrides={}, optimizer="m3", seq_len=32, batch_size=32,
-                weight_decay=0.0, grad_clip=1.0, seed=0)
+DEFAULTS = dict(model="hope", preset="tiny", overrides={}, optimizer="m3", seq_len=32,
+                batch_size=32, weight_decay=0.0, grad_clip=1.0, seed=0)
 DEFAULT_LR = {"m3": 0.003, "adamw": 1e-3}
 DEFAULT_ADAMW_LR = 1e-3
 
@@ -61,6 +64,7 @@ class TrainArgs:
     --resume the checkpoint's value."""
     out: str
     preset: Optional[str] = None
+    model: Optional[str] = None          # "hope" (default) | "transformer"
     data: Optional[str] = None
     steps: int = 600
     resume: bool = False
@@ -176,7 +180,10 @@ def _resolve_settings(a: TrainArgs, saved: Optional[dict]) -> Dict[str, Any]:
     """The run's settings: the command line, else the checkpoint's (on resume), else the
     defaults; a conflict with the checkpoint is a TrainError."""
     given = {k: getattr(a, k) for k in RUN_KEYS}
+    if given["model"] is not None and given["model"] not in MODELS:
+        raise TrainError(f"--model must be one of {MODELS}, got {given['model']!r}")
     if saved is not None:
+        saved = {"model": "hope", **saved}   # checkpoints from before the model setting
         conflicts = [f"--{k.replace('_', '-')} {given[k]!r} (the checkpoint has {saved[k]!r})"
                      for k in RUN_KEYS if given[k] is not None and k in saved
                      and given[k] != saved[k]]
@@ -218,13 +225,21 @@ def _check_settings(s: Dict[str, Any], a: TrainArgs, dist: Dist) -> None:
                          f"processes ({dist.world}): each takes an equal share of the batch")
 
 
+def _model_class(s: Dict[str, Any]):
+    from ..models import MODEL_TYPES
+    if s["model"] not in MODEL_TYPES:
+        raise TrainError(f"--model must be one of {MODELS}, got {s['model']!r}")
+    return MODEL_TYPES[s["model"]]
+
+
 def _model_config(s: Dict[str, Any]):
-    from ..models import HopeConfig
+    config_class = _model_class(s).config_class
+    name = config_class.__name__
     overrides = dict(s["overrides"] or {})
-    fields = [f.name for f in dataclasses.fields(HopeConfig)]
+    fields = [f.name for f in dataclasses.fields(config_class)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise TrainError(f"--set {unknown[0]}: not a HopeConfig field (the fields: "
+        raise TrainError(f"--set {unknown[0]}: not a {name} field (the fields: "
                          f"{', '.join(fields)})")
     overrides.setdefault("vocab_size", 256)   # bytes
     v = overrides["vocab_size"]
@@ -232,11 +247,11 @@ def _model_config(s: Dict[str, Any]):
         raise TrainError(f"--set vocab_size={overrides['vocab_size']}: byte-level training "
                          f"needs vocab_size >= 256")
     try:
-        return HopeConfig.from_preset(s["preset"], **overrides)
+        return config_class.from_preset(s["preset"], **overrides)
     except ValueError as e:
         raise TrainError(str(e)) from None
     except TypeError as e:   # e.g. --set cms_chunk_sizes=8 (not a list)
-        raise TrainError(f"HopeConfig (--preset / --set): {e}") from None
+        raise TrainError(f"{name} (--preset / --set): {e}") from None
 
 
 # ------------------------------------------------------------------ the run folder
@@ -447,18 +462,18 @@ class _Run:
         self._announce(resume_from, saved, n_params)
 
     def _model(self, resume_from: Optional[Path]) -> nn.Module:
-        from ..models import HopeForCausalLM
+        cls = _model_class(self.s)
         if resume_from is None:
             torch.manual_seed(self.s["seed"])
-            return HopeForCausalLM(self.cfg).to(self.device)
+            return cls(self.cfg).to(self.device)
         try:
-            model = HopeForCausalLM.from_pretrained(resume_from)
+            model = cls.from_pretrained(resume_from)
         except (FileNotFoundError, ValueError, ImportError) as e:
             raise TrainError(f"cannot resume from {resume_from}: {e}") from None
         if model.config != self.cfg:
             raise TrainError(f"cannot resume: {resume_from} holds a different model than "
-                             f"--preset {self.s['preset']} with the given --set (an "
-                             f"incompatible checkpoint)")
+                             f"--model {self.s['model']} --preset {self.s['preset']} with the "
+                             f"given --set (an incompatible checkpoint)")
         return model.to(self.device)
 
     def _restore(self, ckpt: Path, saved: dict) -> None:
@@ -489,10 +504,10 @@ class _Run:
         sets = ", ".join(f"{k}={v}" for k, v in (s["overrides"] or {}).items())
         lrs = f"lr {s['lr']:g}" + (f", adamw_lr {s['adamw_lr']:g}"
                                    if s["optimizer"] == "m3" else "")
+        model = f"{_model_class(s).model_name} {s['preset']}" + (f" ({sets})" if sets else "")
         procs = f" over {self.dist.world} processes ({a.dist})" if self.dist.world > 1 else ""
         self.say(f"nlcore train: {what}\n"
-                 f"  model   Hope {s['preset']}{' (' + sets + ')' if sets else ''}: "
-                 f"{n_params / 1e6:.2f}M parameters\n"
+                 f"  model   {model}: {n_params / 1e6:.2f}M parameters\n"
                  f"  data    {self.corpus.description}: {self.data_info['train_bytes']:,} "
                  f"train / {self.data_info['val_bytes']:,} validation bytes\n"
                  f"  batch   {s['batch_size']} x {s['seq_len']} bytes{procs}; "
@@ -516,7 +531,6 @@ class _Run:
 
     def save(self, step: int) -> None:
         """A checkpoint (every rank takes part: FSDP shards are gathered; rank 0 writes)."""
-        from ..models import HopeForCausalLM
         sharded = self.a.dist == "fsdp" and self.dist.world > 1
         model_sd = _full_cpu(self.core.state_dict()) if sharded else None
         opt_sd = _full_cpu(self.opt.state_dict())
@@ -524,7 +538,7 @@ class _Run:
             def write(tmp: Path) -> dict:
                 plain = self.core
                 if model_sd is not None:
-                    plain = HopeForCausalLM(self.cfg)
+                    plain = _model_class(self.s)(self.cfg)
                     plain.load_state_dict(model_sd)
                 plain.save_pretrained(tmp)
                 torch.save({"state_dict": opt_sd, "param_names": self.names,
@@ -627,7 +641,8 @@ class _Run:
         if a.plot:
             from .plot import plot_losses
             path, plot_line = plot_losses(self.log.records, self.out,
-                                          f"Hope {s['preset']}: {self.corpus.description}")
+                                          f"{_model_class(s).model_name} {s['preset']}: "
+                                          f"{self.corpus.description}")
             summary["plot"] = str(path) if path else None
         self.log.close()
         trained, secs = a.steps - self.start, time.perf_counter() - self.t0
