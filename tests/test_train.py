@@ -365,3 +365,20 @@ def test_torchrun_two_processes_equal_one(tmp_path, kind):
     assert state["world_size"] == 2 and state["dist"] == kind
     assert cli.main(["train", "--out", str(two), "--resume", *args[:1], "5", *args[2:]]) == 0
     assert [x["step"] for x in records(two)] == [1, 2, 3, 4, 5]
+
+
+def test_cli_model_transformer(tmp_path, capsys):
+    """`nlcore train --model transformer`: the run folder holds a Transformer, which eval and
+    generate load from it; --resume with the other model is refused."""
+    from nlcore.models import TransformerForCausalLM
+    from nlcore.train.evaluate import load_model
+    out = tmp_path / "t"
+    assert train(out, "--model", "transformer", steps=3) == 0
+    start = records(out, "start")[0]
+    assert start["model_config"]["vocab_size"] == 256
+    assert isinstance(load_model(str(out), torch.device("cpu")).model, TransformerForCausalLM)
+    assert cli.main(["generate", "--checkpoint", str(out), "--prompt", "ab",
+                     "--max-new-tokens", "3"]) == 0
+    capsys.readouterr()
+    assert train(out, "--model", "hope", "--resume", steps=4) != 0
+    assert "transformer" in capsys.readouterr().err
