@@ -125,13 +125,11 @@ def n_params(model: nn.Module) -> int:
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, device: torch.device):
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    if name == "m3":
-        from ..optim import M3, m3_param_groups
-        ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        return M3(m3_param_groups(model, lr=lr, adamw_lr=lr / 3), ns_dtype=ns_dtype)
-    raise EvalError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    """nlcore train's optimizer, no weight decay; m3's AdamW part at lr / 3."""
+    if name not in OPTIMIZERS:
+        raise EvalError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    from ..train.trainer import build_optimizer
+    return build_optimizer(model, name, lr, lr / 3, 0.0, device)
 
 
 @dataclass

@@ -322,15 +322,19 @@ class _Log:
 # ------------------------------------------------------------------ model and optimizer
 
 
-def _build_optimizer(model: nn.Module, s: Dict[str, Any], device: torch.device):
-    if s["optimizer"] == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=s["lr"], betas=(0.9, 0.95),
-                                 weight_decay=s["weight_decay"])
+def build_optimizer(model: nn.Module, optimizer: str, lr: float, adamw_lr: float,
+                    weight_decay: float, device: torch.device):
+    """The training optimizer: "adamw" (everything) or "m3" (M3 for the matrices, AdamW at
+    adamw_lr for the rest, as m3_param_groups splits them). Shared by nlcore train and the
+    evals' runs."""
+    if optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
+                                 weight_decay=weight_decay)
     from ..optim import M3, m3_param_groups
     # Newton–Schulz in bf16 is the GPU default; on the CPU fp32 matmuls are much faster
     ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return M3(m3_param_groups(model, lr=s["lr"], adamw_lr=s["adamw_lr"]),
-              weight_decay=s["weight_decay"], ns_dtype=ns_dtype)
+    return M3(m3_param_groups(model, lr=lr, adamw_lr=adamw_lr), weight_decay=weight_decay,
+              ns_dtype=ns_dtype)
 
 
 def _param_names(model: nn.Module, opt) -> List[str]:
@@ -431,7 +435,8 @@ class _Run:
 
         self.core = self._model(resume_from)
         self.model = _wrap(self.core, dist, a.dist, device)
-        self.opt = _build_optimizer(self.core, s, device)
+        self.opt = build_optimizer(self.core, s["optimizer"], s["lr"], s["adamw_lr"],
+                                   s["weight_decay"], device)
         self.names = _param_names(self.core, self.opt)
         self.bases = [(g["lr"], g.get("adamw_lr")) for g in self.opt.param_groups]
         self.sampler = WindowSampler(train_ids, s["seq_len"], s["batch_size"], s["seed"])
