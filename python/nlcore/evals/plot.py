@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
 from typing import List, Optional, Sequence, Tuple
 
 
@@ -99,8 +100,8 @@ def _colour(t: float) -> Tuple[str, bool]:
     return "#%02x%02x%02x" % tuple(rgb), t > 0.6
 
 
-def _esc(s: str) -> str:
-    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _esc(s) -> str:
+    return escape(str(s))   # &, <, > as XML entities
 
 
 def _svg(panels: Sequence[Panel], title: str, fmt: str, lo: float, hi: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from xml.sax.saxutils import escape
 from typing import List, Optional, Sequence, Tuple
 
 LN2 = math.log(2.0)
@@ -116,5 +117,5 @@ def _svg(train, val, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _esc(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _esc(s) -> str:
+    return escape(str(s))   # &, <, > as XML entities
