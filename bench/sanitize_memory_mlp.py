@@ -53,8 +53,10 @@ def inputs(B, T, H, D, N, per_seq, h0, C, gen, Fh=None):
     state = None
     if h0:
         state = [x.pop("w_in"), x.pop("w_out")]
-        state += [0.01 * torch.randn(N, H, Fh, D, generator=gen),
-                  0.01 * torch.randn(N, H, D, Fh, generator=gen)] * 2
+        # four distinct tensors (a list `* 2` would hand the same tensor in as p and acc:
+        # one leaf whose .grad sums both gradients — the 2026-11-26 "h0 mismatch")
+        state += [0.01 * torch.randn(N, H, *s, generator=gen)
+                  for s in ((Fh, D), (D, Fh), (Fh, D), (D, Fh))]
         state += [-0.01 * torch.rand(N, H, generator=gen),
                   torch.randint(0, C, (N,), generator=gen)]
         x["w_in"] = x["w_out"] = None
@@ -63,13 +65,13 @@ def inputs(B, T, H, D, N, per_seq, h0, C, gen, Fh=None):
 
 def run(x, state, dev, dtype, C, cu, kernel="auto", backward=True):
     from nlcore.ops import memory_mlp_scan
-    xs = {n: (None if t is None else t.to(dev)) for n, t in x.items()}
+    xs = {n: (None if t is None else t.detach().clone().to(dev)) for n, t in x.items()}
     for n in ("x", "k", "v"):
         xs[n] = xs[n].to(dtype)
     leaves = [t.requires_grad_(backward) for t in xs.values() if t is not None]
     st = None
     if state is not None:
-        st = [t.to(dev) for t in state]
+        st = [t.detach().clone().to(dev) for t in state]  # fresh leaves on every device
         for t in st[:7]:
             t.requires_grad_(backward)
         leaves += st[:7]

@@ -46,8 +46,9 @@ def inputs(B, T, H, D, Fm, N, per_seq, h0, biases, C, gen):
     state = None
     if h0:
         state = [x.pop("w_in"), x.pop("w_out")]
-        state += [0.01 * torch.randn(4, N, H, Fh, D, generator=gen),
-                  0.01 * torch.randn(4, N, H, D, Fh, generator=gen)] * 2
+        # four distinct tensors (a list `* 2` aliases p and acc: one leaf, summed .grad)
+        state += [0.01 * torch.randn(4, N, H, *s, generator=gen)
+                  for s in ((Fh, D), (D, Fh), (Fh, D), (D, Fh))]
         state += [-0.01 * torch.rand(N, H, generator=gen),
                   torch.randint(0, C, (N,), generator=gen)]
         x["w_in"] = x["w_out"] = None
@@ -67,12 +68,12 @@ def functional(outs, seed):
 
 def run(x, state, dev, dtype, C, cu, momentum, seed):
     from nlcore.ops import self_modifying_scan
-    xs = {n: (None if t is None else t.to(dev)) for n, t in x.items()}
+    xs = {n: (None if t is None else t.detach().clone().to(dev)) for n, t in x.items()}
     xs["x"] = xs["x"].to(dtype)
     leaves = [t.requires_grad_(True) for t in xs.values() if t is not None]
     st = None
     if state is not None:
-        st = [t.to(dev) for t in state]
+        st = [t.detach().clone().to(dev) for t in state]  # fresh leaves on every device
         for t in st[:7]:
             t.requires_grad_(True)
         leaves += st[:7]

@@ -218,6 +218,9 @@ sys.exit(0 if nlcore.cuda_kernels_available() else 3)" >>"$log" 2>&1 && kernels=
 stage_test() {
   local log="$OUTDIR/test.log" t0 rc status detail
   t0=$(now)
+  # pytest-xdist workers each with torch's default thread count (every core) oversubscribe
+  # the CPU references the tests compare against
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
   # shellcheck disable=SC2086
   # SIGINT first: pytest then stops like ^C, prints its summary and still writes junit.xml
   timeout -s INT -k 20 "$T" "$PY" -m pytest -m cuda ${NLCORE_TEST_ARGS:--x -p no:cacheprovider} --durations=20 \

@@ -56,7 +56,7 @@ def loss_of(out, seed=0):
     gen = torch.Generator().manual_seed(seed)
     total = 0
     for t in tuple(out[:4]) + tuple(out[4][:7]):
-        w = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+        w = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)
         total = total + (t.to(torch.float64) * w).sum()
     return total
 
