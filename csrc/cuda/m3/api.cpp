@@ -112,6 +112,16 @@ extern "C" NLCORE_API nlcore_status_t nlcore_m3_muon_post(const nlcore_m3_muon_p
   if (a->num_tensors > 0 && a->lr == nullptr)
     return fail(NLCORE_STATUS_INVALID_VALUE, "%s: lr is NULL with num_tensors = %lld", op,
                 (long long)a->num_tensors);
+  if (!std::isfinite(a->decay))
+    return fail(NLCORE_STATUS_INVALID_VALUE, "%s: decay must be finite, got %g", op,
+                (double)a->decay);
+  if (!std::isfinite(a->alpha))
+    return fail(NLCORE_STATUS_INVALID_VALUE, "%s: alpha must be finite, got %g", op,
+                (double)a->alpha);
+  for (int64_t i = 0; i < a->num_tensors; ++i)
+    if (!std::isfinite(a->lr[i]))
+      return fail(NLCORE_STATUS_INVALID_VALUE, "%s: lr[%lld] must be finite, got %g", op,
+                  (long long)i, (double)a->lr[i]);
   if ((st = check_list(op, "params", a->params, a->num_tensors, a->numel)) ||
       (st = check_list(op, "updates", a->updates, a->num_tensors, a->numel)) ||
       (st = check_list(op, "slow_update", a->slow_update, a->num_tensors, a->numel)))

@@ -56,9 +56,10 @@ typedef struct nlcore_m3_muon_post_t {
   int64_t num_tensors;             /* >= 0 (0: nothing to do) */
   const int64_t* numel;            /* host [num_tensors], each >= 0 */
   nlcore_dtype_t dtype;            /* FLOAT32, BFLOAT16 or FLOAT16 */
-  const float* lr;                 /* host [num_tensors]: per-tensor (adjusted) learning rate */
-  float decay;                     /* weight-decay factor 1 - lr * wd */
-  float alpha;                     /* weight of the slow update */
+  const float* lr;                 /* host [num_tensors]: per-tensor (adjusted) learning rate,
+                                      each finite */
+  float decay;                     /* weight-decay factor 1 - lr * wd, finite */
+  float alpha;                     /* weight of the slow update, finite */
   void* const* params;             /* host [num_tensors] of device pointers: p, updated */
   const void* const* updates;      /* host [num_tensors]: u = NS(fast), read */
   const void* const* slow_update;  /* host [num_tensors]: o2, read */
