@@ -14,9 +14,12 @@ backward is `torch.autograd.grad` of the float outputs with JAX's cotangents, i.
 backward kernels. So `jax.grad`, `jax.vjp` and `jax.value_and_grad` work (eagerly). Integer
 inputs (cu_seqlens, the state's token counts n) get no gradient (a zero/float0 cotangent).
 
-Only the eager path exists: under `jax.jit`, `jax.vmap` or any other transformation that
-traces the arrays the op raises a RuntimeError naming it (an XLA FFI path is future work);
-call the op outside `jit`. This module needs JAX and is not imported by `import nlcore`.
+Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays)
+`dgd` and `gated_delta_rule` run nlcore's CUDA kernels as XLA FFI custom calls
+(`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable through a
+custom_vjp over the backward kernel. The other ops have only the eager path and raise a
+RuntimeError naming themselves under such transformations: call them outside `jit`. This module
+needs JAX and is not imported by `import nlcore`.
 """
 from __future__ import annotations
 
@@ -82,7 +85,14 @@ def _eager_only(op: str, xs: Sequence[Any]) -> None:
                 f"nlcore.jax.{op}: got a traced array ({type(x).__name__}): the op only has an "
                 f"eager path, so it cannot run under jax.jit, jax.vmap, jax.lax control flow or "
                 f"other tracing transformations. Call nlcore.jax.{op} eagerly (outside jit; "
-                f"jax.grad / jax.vjp work eagerly); an XLA FFI path for jit is future work.")
+                f"jax.grad / jax.vjp work eagerly); only dgd and gated_delta_rule have XLA FFI "
+                f"kernels for jit so far.")
+
+
+def _staged(*xs) -> bool:
+    """Any argument traced as an abstract value (jit, vmap, ...): the XLA FFI path."""
+    from ._jax_ffi import is_staged
+    return any(is_staged(x) for x in xs if x is not None)
 
 
 def _as_array(op: str, x, name: str):
@@ -181,7 +191,13 @@ def newton_schulz(G, steps: int = 5, coefficients="muon", eps: float = 1e-7,
 
 def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initial_state=None,
         output_final_state: bool = False, cu_seqlens=None, read: str = "after"):
-    """`nlcore.ops.dgd` on JAX arrays: returns (o, final state or None)."""
+    """`nlcore.ops.dgd` on JAX arrays: returns (o, final state or None). Eager: the torch op
+    through DLPack; traced (jit, vmap): the XLA FFI custom calls on a CUDA GPU."""
+    if _staged(q, k, v, beta, g, erase, initial_state, cu_seqlens):
+        from . import _jax_ffi
+        return _jax_ffi.dgd(q, k, v, beta, g=g, erase=erase, scale=scale,
+                            initial_state=initial_state, output_final_state=output_final_state,
+                            cu_seqlens=cu_seqlens, read=read)
     return _apply("dgd", _ops.dgd,
                   dict(q=q, k=k, v=v, beta=beta, g=g, erase=erase, initial_state=initial_state,
                        cu_seqlens=cu_seqlens),
@@ -192,12 +208,24 @@ def gated_delta_rule(q, k, v, g, beta, scale: Optional[float] = None, initial_st
                      output_final_state: bool = False, cu_seqlens=None,
                      use_qk_l2norm_in_kernel: bool = False):
     """`nlcore.ops.gated_delta_rule` (fla's chunk_gated_delta_rule) on JAX arrays: returns
-    (o, final state or None)."""
+    (o, final state or None). Traced (jit): `dgd` with erase = exp(g)·beta through XLA FFI."""
+    if _staged(q, k, v, g, beta, initial_state, cu_seqlens):
+        if use_qk_l2norm_in_kernel:
+            q, k = _l2norm(q), _l2norm(k)
+        return dgd(q, k, v, beta, g=g, erase=jnp.exp(g.astype(jnp.float32)) * beta,
+                   scale=scale, initial_state=initial_state,
+                   output_final_state=output_final_state, cu_seqlens=cu_seqlens, read="after")
     return _apply("gated_delta_rule", _ops.gated_delta_rule,
                   dict(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
                        cu_seqlens=cu_seqlens),
                   dict(scale=scale, output_final_state=output_final_state,
                        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel))
+
+
+def _l2norm(x, eps: float = 1e-6):
+    """fla's l2norm (as nlcore.ops): x / sqrt(sum(x²) + eps) in fp32, back in x's dtype."""
+    xf = x.astype(jnp.float32)
+    return (xf * jax.lax.rsqrt(jnp.sum(xf * xf, axis=-1, keepdims=True) + eps)).astype(x.dtype)
 
 
 def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum: float = 0.0,

@@ -1,0 +1,232 @@
+// XLA FFI handlers over the nlcore C API (issue 10): the DGD forward and backward as typed XLA
+// custom calls for JAX on CUDA, so `nlcore.jax.dgd` runs under `jax.jit` (python/nlcore/jax.py
+// registers them with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
+// libnlcore_cuda.so and the FFI headers of jaxlib (jax.ffi.include_dir()); no torch, no Python.
+//
+// Every optional tensor of the C API (g, erase, initial_state, cu_seqlens, grad_final_state)
+// is always an operand: the has_* attributes say whether it is real, and an absent one is a
+// zero-size placeholder. Gradients of absent inputs are zero-size results. Shapes come from the
+// operands (q [B, T, H, K], v [B, T, HV, V]); the C API validates every field and its message
+// comes back as the custom call's error. Workspace: XLA's scratch allocator, 256-byte aligned.
+// Empty problems (B = 0 or T = 0) never reach here: python/nlcore/_jax_ffi.py answers them
+// without a custom call, so this library needs no CUDA runtime calls of its own (no libcudart).
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+#include "nlcore/nlcore.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr size_t kWorkspaceAlign = 256;
+
+ffi::Error api_error(const char* what, nlcore_status_t st) {
+  std::string msg = std::string("nlcore ") + what + ": " + nlcore_status_string(st) + ": " +
+                    nlcore_last_error_message();
+  return st == NLCORE_STATUS_INVALID_VALUE || st == NLCORE_STATUS_NOT_SUPPORTED
+             ? ffi::Error::InvalidArgument(msg)
+             : ffi::Error::Internal(msg);
+}
+
+// FFI element type -> nlcore dtype (INVALID_VALUE-worthy types map to FLOAT64, which every
+// CUDA entry point rejects with a message naming the field).
+nlcore_dtype_t to_nlcore(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return NLCORE_DTYPE_FLOAT32;
+    case ffi::DataType::BF16: return NLCORE_DTYPE_BFLOAT16;
+    case ffi::DataType::F16: return NLCORE_DTYPE_FLOAT16;
+    case ffi::DataType::S32: return NLCORE_DTYPE_INT32;
+    case ffi::DataType::S64: return NLCORE_DTYPE_INT64;
+    default: return NLCORE_DTYPE_FLOAT64;
+  }
+}
+
+const void* data_if(const ffi::AnyBuffer& b, int32_t present) {
+  return present ? b.untyped_data() : nullptr;
+}
+void* data_if(ffi::Result<ffi::AnyBuffer>& b, int32_t present) {
+  return present ? b->untyped_data() : nullptr;
+}
+
+// The problem of one DGD call from its operands and attributes; an error names what is wrong.
+ffi::Error dgd_problem(const ffi::AnyBuffer& q, const ffi::AnyBuffer& v,
+                       const ffi::AnyBuffer& beta, const ffi::AnyBuffer& cu, int32_t has_g,
+                       int32_t has_erase, int32_t has_initial_state, int32_t varlen,
+                       int32_t read_before, float scale, nlcore_dgd_problem_t* p) {
+  auto qd = q.dimensions();
+  auto vd = v.dimensions();
+  if (qd.size() != 4 || vd.size() != 4)
+    return ffi::Error::InvalidArgument(
+        "nlcore dgd: q and v must be rank 4 ([B, T, H, K] and [B, T, HV, V]), got ranks " +
+        std::to_string(qd.size()) + " and " + std::to_string(vd.size()));
+  if (varlen && cu.dimensions().size() != 1)
+    return ffi::Error::InvalidArgument("nlcore dgd: cu_seqlens must be rank 1");
+  *p = nlcore_dgd_problem_t{};
+  p->batch = qd[0];
+  p->seqlen = qd[1];
+  p->num_sequences = varlen ? cu.dimensions()[0] - 1 : qd[0];
+  p->heads_qk = static_cast<int32_t>(qd[2]);
+  p->heads_v = static_cast<int32_t>(vd[2]);
+  p->head_dim_k = static_cast<int32_t>(qd[3]);
+  p->head_dim_v = static_cast<int32_t>(vd[3]);
+  p->dtype = to_nlcore(q.element_type());
+  p->gate_dtype = to_nlcore(beta.element_type());
+  p->has_g = has_g;
+  p->has_erase = has_erase;
+  p->has_initial_state = has_initial_state;
+  p->read_before = read_before;
+  p->scale = scale;
+  p->chunk_size = 64;  // the CUDA kernels' chunk (an implementation detail, as in the torch op)
+  p->cu_seqlens = varlen ? cu.untyped_data() : nullptr;
+  p->cu_seqlens_dtype = varlen ? to_nlcore(cu.element_type()) : NLCORE_DTYPE_INT32;
+  p->flags = NLCORE_DGD_FLAG_DEFAULT;
+  return ffi::Error::Success();
+}
+
+ffi::Error workspace(ffi::ScratchAllocator& scratch, const nlcore_dgd_problem_t& p,
+                     int32_t backward, void** ws, size_t* bytes) {
+  nlcore_status_t st = nlcore_dgd_workspace_size(&p, backward, bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error("dgd", st);
+  *ws = nullptr;
+  if (*bytes == 0) return ffi::Error::Success();
+  std::optional<void*> got = scratch.Allocate(*bytes, kWorkspaceAlign);
+  if (!got.has_value())
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "nlcore dgd: cannot allocate " + std::to_string(*bytes) +
+                          " bytes of workspace");
+  *ws = *got;
+  return ffi::Error::Success();
+}
+
+ffi::Error DgdForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+                          ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer beta,
+                          ffi::AnyBuffer g, ffi::AnyBuffer erase, ffi::AnyBuffer h0,
+                          ffi::AnyBuffer cu, ffi::Result<ffi::AnyBuffer> o,
+                          ffi::Result<ffi::AnyBuffer> final_state, int32_t has_g,
+                          int32_t has_erase, int32_t has_initial_state, int32_t varlen,
+                          int32_t read_before, float scale) {
+  nlcore_dgd_problem_t p;
+  ffi::Error e = dgd_problem(q, v, beta, cu, has_g, has_erase, has_initial_state, varlen,
+                             read_before, scale, &p);
+  if (e.failure()) return e;
+  nlcore_dgd_tensors_t t{};
+  t.q = q.untyped_data();
+  t.k = k.untyped_data();
+  t.v = v.untyped_data();
+  t.beta = beta.untyped_data();
+  t.g = data_if(g, has_g);
+  t.erase = data_if(erase, has_erase);
+  t.initial_state = data_if(h0, has_initial_state);
+  t.o = o->untyped_data();
+  t.final_state = final_state->untyped_data();
+  void* ws = nullptr;
+  size_t bytes = 0;
+  if ((e = workspace(scratch, p, 0, &ws, &bytes)).failure()) return e;
+  nlcore_status_t st = nlcore_dgd_forward(&p, &t, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("dgd", st);
+}
+
+ffi::Error DgdBackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
+                           ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer beta,
+                           ffi::AnyBuffer g, ffi::AnyBuffer erase, ffi::AnyBuffer h0,
+                           ffi::AnyBuffer cu, ffi::AnyBuffer grad_o,
+                           ffi::AnyBuffer grad_final_state, ffi::Result<ffi::AnyBuffer> dq,
+                           ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                           ffi::Result<ffi::AnyBuffer> dbeta, ffi::Result<ffi::AnyBuffer> dg,
+                           ffi::Result<ffi::AnyBuffer> derase, ffi::Result<ffi::AnyBuffer> dh0,
+                           int32_t has_g, int32_t has_erase, int32_t has_initial_state,
+                           int32_t varlen, int32_t read_before, float scale,
+                           int32_t has_grad_final_state) {
+  nlcore_dgd_problem_t p;
+  ffi::Error e = dgd_problem(q, v, beta, cu, has_g, has_erase, has_initial_state, varlen,
+                             read_before, scale, &p);
+  if (e.failure()) return e;
+  nlcore_dgd_tensors_t t{};
+  t.q = q.untyped_data();
+  t.k = k.untyped_data();
+  t.v = v.untyped_data();
+  t.beta = beta.untyped_data();
+  t.g = data_if(g, has_g);
+  t.erase = data_if(erase, has_erase);
+  t.initial_state = data_if(h0, has_initial_state);
+  nlcore_dgd_grads_t gr{};
+  gr.grad_o = grad_o.untyped_data();
+  gr.grad_final_state = data_if(grad_final_state, has_grad_final_state);
+  gr.dq = dq->untyped_data();
+  gr.dk = dk->untyped_data();
+  gr.dv = dv->untyped_data();
+  gr.dbeta = dbeta->untyped_data();
+  gr.dg = data_if(dg, has_g);
+  gr.derase = data_if(derase, has_erase);
+  gr.dinitial_state = data_if(dh0, has_initial_state);
+  void* ws = nullptr;
+  size_t bytes = 0;
+  if ((e = workspace(scratch, p, 1, &ws, &bytes)).failure()) return e;
+  nlcore_status_t st = nlcore_dgd_backward(&p, &t, &gr, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("dgd backward", st);
+}
+
+}  // namespace
+
+// The exported handler symbols: C linkage from XLA_FFI_DEFINE_HANDLER_SYMBOL, default
+// visibility from these declarations (the library builds with -fvisibility=hidden and a version
+// script exporting Nlcore* only).
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdForward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdBackward(
+    XLA_FFI_CallFrame* call_frame);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdForward, DgdForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // beta
+                                  .Arg<ffi::AnyBuffer>()  // g (or a placeholder)
+                                  .Arg<ffi::AnyBuffer>()  // erase (or a placeholder)
+                                  .Arg<ffi::AnyBuffer>()  // initial_state (or a placeholder)
+                                  .Arg<ffi::AnyBuffer>()  // cu_seqlens (or a placeholder)
+                                  .Ret<ffi::AnyBuffer>()  // o
+                                  .Ret<ffi::AnyBuffer>()  // final_state
+                                  .Attr<int32_t>("has_g")
+                                  .Attr<int32_t>("has_erase")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int32_t>("read_before")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdBackward, DgdBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // beta
+                                  .Arg<ffi::AnyBuffer>()  // g
+                                  .Arg<ffi::AnyBuffer>()  // erase
+                                  .Arg<ffi::AnyBuffer>()  // initial_state
+                                  .Arg<ffi::AnyBuffer>()  // cu_seqlens
+                                  .Arg<ffi::AnyBuffer>()  // grad_o
+                                  .Arg<ffi::AnyBuffer>()  // grad_final_state (or a placeholder)
+                                  .Ret<ffi::AnyBuffer>()  // dq
+                                  .Ret<ffi::AnyBuffer>()  // dk
+                                  .Ret<ffi::AnyBuffer>()  // dv
+                                  .Ret<ffi::AnyBuffer>()  // dbeta
+                                  .Ret<ffi::AnyBuffer>()  // dg (zero-size without g)
+                                  .Ret<ffi::AnyBuffer>()  // derase (zero-size without erase)
+                                  .Ret<ffi::AnyBuffer>()  // dinitial_state (zero-size without)
+                                  .Attr<int32_t>("has_g")
+                                  .Attr<int32_t>("has_erase")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int32_t>("read_before")
+                                  .Attr<float>("scale")
+                                  .Attr<int32_t>("has_grad_final_state"));

@@ -1,0 +1,205 @@
+"""nlcore.jax under jax.jit: the XLA FFI path (issue 10; csrc/jax/ffi.cpp, nlcore/_jax_ffi.py).
+
+Without a GPU (CI): the FFI library loads and exports its two handlers, and jitted programs —
+forward, jax.grad, vmap, gated_delta_rule, every optional input — lower for CUDA
+(jax.export, platforms=["cuda"]) to the custom calls with the right operands, results and
+attributes; bad input is a clear error at trace time. On a GPU with a CUDA jaxlib: jitted
+results and gradients equal the eager (torch) op's.
+
+The library comes from $NLCORE_JAX_FFI_LIB or the installed package. CI stage (b) builds it and
+runs this file with NLCORE_REQUIRE_JAX_FFI=1, which turns a missing library into a failure
+instead of a skip.
+"""
+import os
+import re
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+import nlcore.jax as nj  # noqa: E402
+from nlcore import _jax_ffi  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ffi_lib():
+    if not _jax_ffi.available():
+        why = ("the XLA FFI library is not built here (CI stage (b) builds it: "
+               f"NLCORE_JAX_FFI_LIB={os.environ.get('NLCORE_JAX_FFI_LIB')})")
+        if os.environ.get("NLCORE_REQUIRE_JAX_FFI") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return _jax_ffi.load()
+
+
+@pytest.fixture
+def for_cuda(ffi_lib, monkeypatch):
+    """Trace FFI ops on this (CPU) backend in order to lower them for CUDA."""
+    monkeypatch.setattr(_jax_ffi, "ALLOW_ANY_BACKEND", True)
+    return ffi_lib
+
+
+def lower_for_cuda(fn, *args):
+    """StableHLO text of jit(fn) lowered for CUDA (no GPU needed)."""
+    exp = jax.export.export(
+        jax.jit(fn), platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(t)
+                         for t in _jax_ffi.TARGETS])(*args)
+    return exp.mlir_module()
+
+
+def calls(text, target):
+    """The custom_call lines of `target` in a StableHLO module."""
+    return [ln for ln in text.splitlines() if f"custom_call @{target}(" in ln]
+
+
+def attrs(line):
+    return dict(re.findall(r"(\w+) = ([-\d.e+]+) : [if]32", line))
+
+
+S = jax.ShapeDtypeStruct
+
+
+def spec(B=2, T=40, H=2, HV=4, K=32, V=64, dtype=jnp.bfloat16):
+    return dict(q=S((B, T, H, K), dtype), k=S((B, T, H, K), dtype), v=S((B, T, HV, V), dtype),
+                beta=S((B, T, HV), jnp.float32))
+
+
+def test_library_exports_the_handlers(ffi_lib):
+    for symbol in _jax_ffi.TARGETS.values():
+        assert getattr(ffi_lib, symbol) is not None
+
+
+@pytest.mark.parametrize("with_g,with_erase,h0,varlen,read", [
+    (False, False, False, False, "after"), (True, True, True, False, "before"),
+    (True, False, True, True, "after"), (False, True, False, True, "before")])
+def test_forward_lowers_to_the_custom_call(for_cuda, with_g, with_erase, h0, varlen, read):
+    B, T = (1, 50) if varlen else (2, 40)
+    sp = spec(B=B, T=T)
+    N = 3 if varlen else B
+    extra = {}
+    if with_g:
+        extra["g"] = S((B, T, 4), jnp.float32)
+    if with_erase:
+        extra["erase"] = S((B, T, 4), jnp.bfloat16)  # cast to the kernels' fp32 inside
+    if h0:
+        extra["initial_state"] = S((N, 4, 32, 64), jnp.float32)
+    if varlen:
+        extra["cu_seqlens"] = S((N + 1,), jnp.int32)
+    names = list(sp) + list(extra)
+
+    def fn(*xs):
+        kw = dict(zip(names, xs))
+        return nj.dgd(**kw, scale=0.25, output_final_state=True, read=read)
+
+    text = lower_for_cuda(fn, *sp.values(), *extra.values())
+    (line,) = calls(text, "nlcore_dgd_fwd")
+    a = attrs(line)
+    assert a["has_g"] == str(int(with_g)) and a["has_erase"] == str(int(with_erase))
+    assert a["has_initial_state"] == str(int(h0)) and a["varlen"] == str(int(varlen))
+    assert a["read_before"] == str(int(read == "before")) and float(a["scale"]) == 0.25
+    # eight operands always (absent ones are zero-size placeholders), o and the final state out
+    assert line.count("%") >= 8 + 1
+    assert f"tensor<{B}x{T}x4x64xbf16>" in line.split("->")[-1]
+    assert f"tensor<{N}x4x32x64xf32>" in line.split("->")[-1]
+    assert not calls(text, "nlcore_dgd_bwd")
+
+
+def test_grad_under_jit_lowers_to_the_backward_call(for_cuda):
+    sp = spec()
+    sp["g"] = S((2, 40, 4), jnp.float32)
+    sp["initial_state"] = S((2, 4, 32, 64), jnp.float32)
+
+    def loss(q, k, v, beta, g, h0):
+        o, s = nj.dgd(q, k, v, beta, g=g, initial_state=h0, output_final_state=True)
+        return o.astype(jnp.float32).sum() + (s * s).sum()
+
+    grad = jax.grad(loss, argnums=tuple(range(6)))
+    text = lower_for_cuda(grad, *sp.values())
+    (fwd,) = calls(text, "nlcore_dgd_fwd")
+    (bwd,) = calls(text, "nlcore_dgd_bwd")
+    a = attrs(bwd)
+    assert a["has_g"] == "1" and a["has_initial_state"] == "1" and a["has_erase"] == "0"
+    assert a["has_grad_final_state"] == "1"
+    # gradients have the primals' shapes and dtypes
+    shapes = jax.eval_shape(jax.jit(grad), *sp.values())
+    for got, want in zip(shapes, sp.values()):
+        assert got.shape == want.shape and got.dtype == want.dtype
+
+
+def test_vmap_and_gated_delta_rule_lower(for_cuda):
+    sp = spec(B=1, T=16)
+    batched = {n: S((3,) + s.shape, s.dtype) for n, s in sp.items()}
+    text = lower_for_cuda(jax.vmap(lambda q, k, v, b: nj.dgd(q, k, v, b)[0]), *batched.values())
+    assert calls(text, "nlcore_dgd_fwd")  # sequential: a loop around the one-example call
+    g = S((1, 16, 4), jnp.float32)
+    text = lower_for_cuda(
+        lambda q, k, v, g, b: nj.gated_delta_rule(q, k, v, g, b, use_qk_l2norm_in_kernel=True)[0],
+        sp["q"], sp["k"], sp["v"], g, sp["beta"])
+    (line,) = calls(text, "nlcore_dgd_fwd")
+    assert attrs(line)["has_g"] == "1" and attrs(line)["has_erase"] == "1"
+
+
+def test_empty_sequence_needs_no_kernel(for_cuda):
+    sp = spec(T=0)
+    h0 = S((2, 4, 32, 64), jnp.float32)
+    text = lower_for_cuda(lambda q, k, v, b, h: nj.dgd(q, k, v, b, initial_state=h,
+                                                       output_final_state=True),
+                          *sp.values(), h0)
+    assert not calls(text, "nlcore_dgd_fwd")
+
+
+def test_bad_input_is_a_trace_time_error(for_cuda):
+    sp = spec()
+    q, k, v, beta = (jnp.zeros(s.shape, s.dtype) for s in sp.values())
+    bad = [
+        (dict(beta=beta[..., :2]), ValueError, r"beta must be \[B, T, HV\]"),
+        (dict(q=q[0]), ValueError, r"q and k must be \[B, T, H, K\]"),
+        (dict(k=k.astype(jnp.float32)), TypeError, r"q, k, v must share one dtype"),
+        (dict(initial_state=jnp.zeros((2, 4, 32, 32))), ValueError, r"initial_state must be"),
+        (dict(cu_seqlens=jnp.array([0.0, 40.0])), ValueError, r"cu_seqlens must be a 1-D int"),
+        (dict(read="middle"), ValueError, r"read must be 'after' or 'before'"),
+    ]
+    for over, exc, match in bad:
+        arrays = dict(q=q, k=k, v=v, beta=beta)
+        arrays.update({n: x for n, x in over.items() if not isinstance(x, str)})
+        statics = {n: x for n, x in over.items() if isinstance(x, str)}
+        with pytest.raises(exc, match=match):
+            jax.jit(lambda a: nj.dgd(**a, **statics)[0])(arrays)
+
+
+def test_missing_library_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(_jax_ffi, "_loaded", {})
+    monkeypatch.setenv("NLCORE_JAX_FFI_LIB", str(tmp_path / "nowhere.so"))
+    with pytest.raises(RuntimeError, match=r"libnlcore_jax_ffi\.so is not installed.*nowhere"):
+        _jax_ffi.load()
+    assert not _jax_ffi.available()
+
+
+@pytest.mark.cuda
+def test_jit_matches_the_eager_op_on_gpu(ffi_lib):
+    """On a GPU with a CUDA jaxlib: the jitted FFI path equals the eager torch op, forward and
+    gradients (both run nlcore's CUDA kernels; the eager one through DLPack)."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("JAX has no GPU backend here (a CUDA jaxlib is needed)")
+    rng = np.random.default_rng(0)
+    B, T, H, HV, K, V = 2, 70, 2, 4, 64, 64
+    q = jnp.asarray(rng.standard_normal((B, T, H, K)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((B, T, H, K)) / 8, jnp.bfloat16)
+    v = jnp.asarray(rng.standard_normal((B, T, HV, V)), jnp.bfloat16)
+    beta = jnp.asarray(rng.uniform(0.1, 0.9, (B, T, HV)), jnp.float32)
+    g = jnp.asarray(-rng.uniform(0, 0.1, (B, T, HV)), jnp.float32)
+    h0 = jnp.asarray(rng.standard_normal((B, HV, K, V)) / 8, jnp.float32)
+
+    def loss(q, k, v, beta, g, h0):
+        o, s = nj.dgd(q, k, v, beta, g=g, initial_state=h0, output_final_state=True)
+        return (o.astype(jnp.float32) ** 2).sum() + (s * s).sum()
+
+    args = (q, k, v, beta, g, h0)
+    want = jax.grad(loss, argnums=tuple(range(6)))(*args)   # eager: the torch op
+    got = jax.jit(jax.grad(loss, argnums=tuple(range(6))))(*args)  # XLA FFI
+    for a, b in zip(got, want):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-12
