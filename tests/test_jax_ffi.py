@@ -1,7 +1,8 @@
 """nlcore.jax under jax.jit: the XLA FFI path (issue 10; csrc/jax/ffi.cpp, nlcore/_jax_ffi.py).
 
-Without a GPU (CI): the FFI library loads and exports its two handlers, and jitted programs —
-forward, jax.grad, vmap, gated_delta_rule, every optional input — lower for CUDA
+Without a GPU (CI): the FFI library loads and exports its handlers, and jitted programs —
+dgd forward, jax.grad, vmap, gated_delta_rule, every optional input; newton_schulz with its
+coefficient attributes, grad and vmap — lower for CUDA
 (jax.export, platforms=["cuda"]) to the custom calls with the right operands, results and
 attributes; bad input is a clear error at trace time. On a GPU with a CUDA jaxlib: jitted
 results and gradients equal the eager (torch) op's.
@@ -203,3 +204,87 @@ def test_jit_matches_the_eager_op_on_gpu(ffi_lib):
     for a, b in zip(got, want):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b) + 1e-12
+    # Newton–Schulz, fp32 compute: the same forward kernel; backwards within fp32 rounding
+    G = jnp.asarray(rng.standard_normal((3, 64, 96)), jnp.float32)
+    W = jnp.asarray(rng.standard_normal((3, 64, 96)), jnp.float32)
+
+    def ns_loss(g):
+        return (nj.newton_schulz(g, compute_dtype="float32") * W).sum()
+
+    want_v, want_g = jax.value_and_grad(ns_loss)(G)
+    got_v, got_g = jax.jit(jax.value_and_grad(ns_loss))(G)
+    assert abs(float(got_v) - float(want_v)) <= 1e-5 * abs(float(want_v)) + 1e-6
+    got_g, want_g = np.asarray(got_g, np.float64), np.asarray(want_g, np.float64)
+    assert np.linalg.norm(got_g - want_g) <= 1e-3 * np.linalg.norm(want_g)
+
+
+# ----------------------------------------------------------------------------- Newton–Schulz
+@pytest.mark.parametrize("coefficients,kernel,cd", [("muon", "auto", jnp.bfloat16),
+                                                    ("polar_express", "general", jnp.float32)])
+def test_newton_schulz_lowers_with_its_attributes(for_cuda, coefficients, kernel, cd):
+    from nlcore._coefficients import resolve
+    G = S((3, 96, 64), jnp.float32)
+    text = lower_for_cuda(lambda g: nj.newton_schulz(g, steps=4, coefficients=coefficients,
+                                                     compute_dtype=cd, kernel=kernel), G)
+    (line,) = calls(text, "nlcore_ns_fwd")
+    a = attrs(line)
+    assert a["compute_dtype"] == ("1" if cd == jnp.bfloat16 else "0")
+    assert a["flags"] == ("0" if kernel == "auto" else "2")
+    triples, scale, additive = resolve(coefficients, 4)
+    assert a["norm_additive"] == str(int(additive)) and float(a["norm_scale"]) == \
+        pytest.approx(scale)
+    coef = re.search(r"coefficients = dense<\[([^\]]*)\]>", line)
+    assert coef, line
+    got = [float(x) for x in coef.group(1).split(",")]
+    assert np.allclose(got, np.asarray(triples, np.float32).reshape(-1))
+    assert "tensor<3x96x64xf32>" in line.split("->")[-1]
+
+
+def test_newton_schulz_grad_and_vmap_under_jit(for_cuda):
+    G = S((2, 32, 48), jnp.bfloat16)
+    vg = jax.value_and_grad(lambda g: nj.newton_schulz(g).astype(jnp.float32).sum())
+    text = lower_for_cuda(vg, G)
+    assert len(calls(text, "nlcore_ns_fwd")) == 1  # forward kernel; backward: JAX's autodiff
+    _, got = jax.eval_shape(jax.jit(vg), G)
+    assert got.shape == G.shape and got.dtype == G.dtype
+    text = lower_for_cuda(jax.vmap(nj.newton_schulz), S((5, 2, 16, 8), jnp.float32))
+    (line,) = calls(text, "nlcore_ns_fwd")  # broadcast_all: one batched call
+    assert "tensor<5x2x16x8xf32>" in line.split("->")[-1]
+
+
+def test_newton_schulz_backward_is_the_iteration_gradient(ffi_lib):
+    """The custom_vjp's backward (JAX autodiff of _ns_iterate) against the torch op's float64
+    backward on the CPU, compute_dtype float32: the same gradient."""
+    import torch
+    import nlcore
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((2, 12, 20))
+    W = rng.standard_normal((2, 12, 20))
+    from nlcore._coefficients import resolve
+    triples, scale, additive = resolve("muon", 5)
+    old = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        g64 = jnp.asarray(G)
+        _, vjp = jax.vjp(lambda g: _jax_ffi._ns_iterate(g, triples, 1e-7, scale, additive,
+                                                        jnp.float64), g64)
+        (ours,) = vjp(jnp.asarray(W))
+        ours = np.asarray(ours)
+    finally:
+        jax.config.update("jax_enable_x64", old)
+    Gt = torch.tensor(G, requires_grad=True)
+    (nlcore.ops.newton_schulz(Gt, compute_dtype=torch.float32) * torch.tensor(W)).sum() \
+        .backward()
+    want = Gt.grad.numpy()
+    assert np.linalg.norm(np.asarray(ours) - want) <= 1e-9 * np.linalg.norm(want)
+
+
+def test_newton_schulz_bad_input_at_trace_time(for_cuda):
+    G = jnp.zeros((4, 8), jnp.float32)
+    for kw, exc, match in [(dict(compute_dtype="int8"), TypeError, "compute_dtype"),
+                           (dict(kernel="fast"), ValueError, "kernel must be one of"),
+                           (dict(eps=-1.0), ValueError, "eps must be")]:
+        with pytest.raises(exc, match=match):
+            jax.jit(lambda g: nj.newton_schulz(g, **kw))(G)
+    with pytest.raises(ValueError, match=r"G must be \[\.\.\., m, n\]"):
+        jax.jit(nj.newton_schulz)(jnp.zeros((4,), jnp.float32))

@@ -1,6 +1,7 @@
-// XLA FFI handlers over the nlcore C API (issue 10): the DGD forward and backward as typed XLA
-// custom calls for JAX on CUDA, so `nlcore.jax.dgd` runs under `jax.jit` (python/nlcore/jax.py
-// registers them with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
+// XLA FFI handlers over the nlcore C API (issue 10): the DGD forward and backward and the
+// Newton–Schulz forward as typed XLA custom calls for JAX on CUDA, so `nlcore.jax.dgd` and
+// `nlcore.jax.newton_schulz` run under `jax.jit` (python/nlcore/_jax_ffi.py registers them
+// with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
 // libnlcore_cuda.so and the FFI headers of jaxlib (jax.ffi.include_dir()); no torch, no Python.
 //
 // Every optional tensor of the C API (g, erase, initial_state, cu_seqlens, grad_final_state)
@@ -171,6 +172,50 @@ ffi::Error DgdBackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, f
   return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("dgd backward", st);
 }
 
+// Newton–Schulz forward (nlcore/newton_schulz.h): G [..., rows, cols] -> O of G's shape and
+// dtype. coefficients: `steps` (a, b, c) triples, flattened.
+ffi::Error NewtonSchulzForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                                   ffi::AnyBuffer G, ffi::Result<ffi::AnyBuffer> O,
+                                   ffi::Span<const float> coefficients, float eps,
+                                   float norm_scale, int32_t norm_additive,
+                                   int32_t compute_dtype, int32_t flags) {
+  auto gd = G.dimensions();
+  if (gd.size() < 2)
+    return ffi::Error::InvalidArgument("nlcore newton_schulz: G must have rank >= 2, got " +
+                                       std::to_string(gd.size()));
+  if (coefficients.size() == 0 || coefficients.size() % 3 != 0)
+    return ffi::Error::InvalidArgument(
+        "nlcore newton_schulz: coefficients must hold steps x 3 values, got " +
+        std::to_string(coefficients.size()));
+  nlcore_ns_problem_t p{};
+  p.rows = gd[gd.size() - 2];
+  p.cols = gd[gd.size() - 1];
+  p.batch = 1;
+  for (size_t i = 0; i + 2 < gd.size(); ++i) p.batch *= gd[i];
+  p.io_dtype = to_nlcore(G.element_type());
+  p.compute_dtype = static_cast<nlcore_dtype_t>(compute_dtype);
+  p.steps = static_cast<int32_t>(coefficients.size() / 3);
+  p.coefficients = coefficients.begin();
+  p.eps = eps;
+  p.norm_scale = norm_scale;
+  p.norm_additive = norm_additive;
+  p.flags = static_cast<uint32_t>(flags);
+  size_t bytes = 0;
+  nlcore_status_t st = nlcore_newton_schulz_workspace_size(&p, &bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error("newton_schulz", st);
+  void* ws = nullptr;
+  if (bytes > 0) {
+    std::optional<void*> got = scratch.Allocate(bytes, kWorkspaceAlign);
+    if (!got.has_value())
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        "nlcore newton_schulz: cannot allocate " + std::to_string(bytes) +
+                            " bytes of workspace");
+    ws = *got;
+  }
+  st = nlcore_newton_schulz_forward(&p, G.untyped_data(), O->untyped_data(), ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("newton_schulz", st);
+}
+
 }  // namespace
 
 // The exported handler symbols: C linkage from XLA_FFI_DEFINE_HANDLER_SYMBOL, default
@@ -179,6 +224,8 @@ ffi::Error DgdBackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, f
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdForward(
     XLA_FFI_CallFrame* call_frame);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdBackward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreNewtonSchulzForward(
     XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdForward, DgdForwardImpl,
@@ -230,3 +277,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdBackward, DgdBackwardImpl,
                                   .Attr<int32_t>("read_before")
                                   .Attr<float>("scale")
                                   .Attr<int32_t>("has_grad_final_state"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreNewtonSchulzForward, NewtonSchulzForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()  // G
+                                  .Ret<ffi::AnyBuffer>()  // O
+                                  .Attr<ffi::Span<const float>>("coefficients")
+                                  .Attr<float>("eps")
+                                  .Attr<float>("norm_scale")
+                                  .Attr<int32_t>("norm_additive")
+                                  .Attr<int32_t>("compute_dtype")
+                                  .Attr<int32_t>("flags"));

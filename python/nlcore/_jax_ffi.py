@@ -8,8 +8,10 @@ FFI headers are present at build time; `NLCORE_JAX_FFI_LIB` can point at another
 loaded and its targets are registered with `jax.ffi.register_ffi_target(..., platform="CUDA")`
 the first time a traced op needs them.
 
-Only `dgd` (and `gated_delta_rule`, which calls it) has FFI handlers so far. The other ops run
-eagerly only and say so under `jit`.
+FFI handlers so far: `dgd` (forward and backward kernels; `gated_delta_rule` calls it) and
+`newton_schulz` (forward kernel; its custom_vjp backward is JAX's autodiff of the same iteration,
+GEMM operands rounded to compute_dtype as the kernels round them). The scans run eagerly only
+and say so under `jit`.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 LIB_NAME = "libnlcore_jax_ffi.so"
-TARGETS = {"nlcore_dgd_fwd": "NlcoreDgdForward", "nlcore_dgd_bwd": "NlcoreDgdBackward"}
+TARGETS = {"nlcore_dgd_fwd": "NlcoreDgdForward", "nlcore_dgd_bwd": "NlcoreDgdBackward",
+           "nlcore_ns_fwd": "NlcoreNewtonSchulzForward"}
 _loaded: Dict[str, Any] = {}
 # Tests set this to lower for CUDA (jax.export(platforms=["cuda"])) on a machine whose JAX
 # backend is the CPU; otherwise tracing an FFI op for a non-GPU backend is a clear error.
@@ -204,3 +207,82 @@ def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initia
     f.defvjp(fwd, bwd)
     o, s = f(*[given[n] for n in names])
     return o, (s if output_final_state else None)
+
+
+# ----------------------------------------------------------------------------- Newton–Schulz
+_NS_KERNELS = {"auto": 0, "small": 1, "general": 2, "symmetric": 4, "cluster": 8}
+_NS_COMPUTE = {"float32": 0, "bfloat16": 1, "float16": 2}  # nlcore_dtype_t
+
+
+def _ns_iterate(G, triples, eps, norm_scale, norm_additive, cd):
+    """The kernels' iteration in JAX (fp32 accumulation, GEMM operands in `cd`): the
+    differentiable twin used for the backward."""
+    acc = jnp.promote_types(cd, jnp.float32)  # float64 only where cd is (the tests)
+
+    def mm(x, y):
+        return jnp.matmul(x.astype(cd), y.astype(cd), preferred_element_type=acc)
+
+    X = G.astype(cd).astype(acc)
+    transposed = G.shape[-2] > G.shape[-1]
+    if transposed:
+        X = jnp.swapaxes(X, -1, -2)
+    sq = jnp.sum(X * X, axis=(-2, -1), keepdims=True)
+    norm = jnp.sqrt(jnp.where(sq > 0, sq, 1.0)) * (sq > 0)
+    denom = (norm * norm_scale + eps) if norm_additive else jnp.maximum(norm * norm_scale, eps)
+    X = X / denom
+    for a, b, c in triples:
+        A = mm(X, jnp.swapaxes(X, -1, -2))
+        X = a * X + mm(b * A + c * mm(A, A), X)
+    if transposed:
+        X = jnp.swapaxes(X, -1, -2)
+    return X.astype(G.dtype)
+
+
+def newton_schulz(G, steps: int = 5, coefficients="muon", eps: float = 1e-7,
+                  compute_dtype="bfloat16", kernel: str = "auto"):
+    """The traced form of nlcore.jax.newton_schulz: the FFI forward kernel, a JAX backward."""
+    from ._coefficients import resolve
+    _check_backend("newton_schulz")
+    load()
+    ga = _aval(G)
+    if ga.ndim < 2 or ga.shape[-2] < 1 or ga.shape[-1] < 1:
+        raise ValueError(f"nlcore.jax.newton_schulz: G must be [..., m, n] with m, n >= 1, got "
+                         f"shape {ga.shape}")
+    if ga.dtype not in [np.dtype(d) for d in _FLOATS]:
+        raise TypeError(f"nlcore.jax.newton_schulz: G must be float32, bfloat16 or float16 on "
+                        f"CUDA, got {ga.dtype}")
+    cd_name = np.dtype(compute_dtype).name
+    if cd_name not in _NS_COMPUTE:
+        raise TypeError(f"nlcore.jax.newton_schulz: compute_dtype must be bfloat16, float16 or "
+                        f"float32, got {compute_dtype!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+            or eps < 0:
+        raise ValueError(f"nlcore.jax.newton_schulz: eps must be a finite number >= 0, got "
+                         f"{eps!r}")
+    if kernel not in _NS_KERNELS:
+        raise ValueError(f"nlcore.jax.newton_schulz: kernel must be one of "
+                         f"{sorted(_NS_KERNELS)}, got {kernel!r}")
+    triples, norm_scale, norm_additive = resolve(coefficients, steps)
+    attrs = dict(coefficients=np.asarray(triples, np.float32).reshape(-1),
+                 eps=np.float32(eps), norm_scale=np.float32(norm_scale),
+                 norm_additive=np.int32(bool(norm_additive)),
+                 compute_dtype=np.int32(_NS_COMPUTE[cd_name]),
+                 flags=np.int32(_NS_KERNELS[kernel]))
+    cd = jnp.dtype(cd_name)
+
+    @jax.custom_vjp
+    def f(G):
+        # leading dims are the kernel's batch: vmap adds them (broadcast_all)
+        return jax.ffi.ffi_call("nlcore_ns_fwd", jax.ShapeDtypeStruct(G.shape, G.dtype),
+                                vmap_method="broadcast_all")(G, **attrs)
+
+    def fwd(G):
+        return f(G), G
+
+    def bwd(G, ct):
+        _, vjp = jax.vjp(lambda g: _ns_iterate(g, triples, float(eps), float(norm_scale),
+                                               bool(norm_additive), cd), G)
+        return vjp(ct.astype(G.dtype))
+
+    f.defvjp(fwd, bwd)
+    return f(G)

@@ -15,11 +15,12 @@ backward kernels. So `jax.grad`, `jax.vjp` and `jax.value_and_grad` work (eagerl
 inputs (cu_seqlens, the state's token counts n) get no gradient (a zero/float0 cotangent).
 
 Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays)
-`dgd` and `gated_delta_rule` run nlcore's CUDA kernels as XLA FFI custom calls
-(`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable through a
-custom_vjp over the backward kernel. The other ops have only the eager path and raise a
-RuntimeError naming themselves under such transformations: call them outside `jit`. This module
-needs JAX and is not imported by `import nlcore`.
+`dgd`, `gated_delta_rule` and `newton_schulz` run nlcore's CUDA kernels as XLA FFI custom
+calls (`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable
+through custom_vjps (dgd: its backward kernel; newton_schulz: JAX autodiff of the same
+iteration). The scans have only the eager path and raise a RuntimeError naming themselves
+under such transformations: call them outside `jit`. This module needs JAX and is not
+imported by `import nlcore`.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ def _eager_only(op: str, xs: Sequence[Any]) -> None:
                 f"nlcore.jax.{op}: got a traced array ({type(x).__name__}): the op only has an "
                 f"eager path, so it cannot run under jax.jit, jax.vmap, jax.lax control flow or "
                 f"other tracing transformations. Call nlcore.jax.{op} eagerly (outside jit; "
-                f"jax.grad / jax.vjp work eagerly); only dgd and gated_delta_rule have XLA FFI "
-                f"kernels for jit so far.")
+                f"jax.grad / jax.vjp work eagerly); only dgd, gated_delta_rule and newton_schulz "
+                f"have XLA FFI kernels for jit so far.")
 
 
 def _staged(*xs) -> bool:
@@ -182,7 +183,13 @@ def _apply(op: str, fn: Callable, arrays: Dict[str, Any], statics: Dict[str, Any
 def newton_schulz(G, steps: int = 5, coefficients="muon", eps: float = 1e-7,
                   compute_dtype="bfloat16", *, kernel: str = "auto"):
     """`nlcore.ops.newton_schulz` on a JAX array G `[..., m, n]`; compute_dtype a JAX/NumPy
-    dtype or name (bfloat16, float16, float32). Returns an array of G's shape and dtype."""
+    dtype or name (bfloat16, float16, float32). Returns an array of G's shape and dtype.
+    Traced (jit, vmap): the CUDA forward kernel through XLA FFI, backward by JAX autodiff of
+    the same iteration."""
+    if _staged(G):
+        from . import _jax_ffi
+        return _jax_ffi.newton_schulz(G, steps=steps, coefficients=coefficients, eps=eps,
+                                      compute_dtype=compute_dtype, kernel=kernel)
     return _apply("newton_schulz", _ops.newton_schulz, {"G": G},
                   dict(steps=steps, coefficients=coefficients, eps=eps,
                        compute_dtype=_torch_dtype(compute_dtype, "newton_schulz",
