@@ -13,6 +13,7 @@
 // without a custom call, so this library needs no CUDA runtime calls of its own (no libcudart).
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include <cuda_runtime_api.h>
@@ -76,6 +77,8 @@ ffi::Error dgd_problem(const ffi::AnyBuffer& q, const ffi::AnyBuffer& v,
   p->head_dim_k = static_cast<int32_t>(qd[3]);
   p->head_dim_v = static_cast<int32_t>(vd[3]);
   p->dtype = to_nlcore(q.element_type());
+  if (to_nlcore(v.element_type()) != p->dtype)
+    return ffi::Error::InvalidArgument("nlcore dgd: v must have q's dtype");
   p->gate_dtype = to_nlcore(beta.element_type());
   p->has_g = has_g;
   p->has_erase = has_erase;
@@ -89,19 +92,70 @@ ffi::Error dgd_problem(const ffi::AnyBuffer& q, const ffi::AnyBuffer& v,
   return ffi::Error::Success();
 }
 
+// Every operand's shape against the problem: the C API trusts its pointers' extents, so a
+// mismatched buffer must stop here (an error naming it), never reach a kernel.
+ffi::Error expect_dims(const char* op, const char* name, ffi::Span<const int64_t> got,
+                       std::initializer_list<int64_t> want) {
+  bool same = got.size() == want.size();
+  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == want.begin()[i];
+  if (same) return ffi::Error::Success();
+  auto show = [](auto b, auto e) {
+    std::string s = "[";
+    for (auto it = b; it != e; ++it) s += (it == b ? "" : ", ") + std::to_string(*it);
+    return s + "]";
+  };
+  return ffi::Error::InvalidArgument(std::string("nlcore ") + op + ": " + name + " must be " +
+                                     show(want.begin(), want.end()) + ", got " +
+                                     show(got.begin(), got.end()));
+}
+
+// DGD's operands (and results) against q / v's problem.
+ffi::Error dgd_shapes(const nlcore_dgd_problem_t& p, const ffi::AnyBuffer& k,
+                      const ffi::AnyBuffer& beta, const ffi::AnyBuffer& g,
+                      const ffi::AnyBuffer& erase, const ffi::AnyBuffer& h0,
+                      ffi::Span<const int64_t> o_dims, ffi::Span<const int64_t> s_dims) {
+  const int64_t B = p.batch, T = p.seqlen, N = p.num_sequences, HV = p.heads_v;
+  const int64_t K = p.head_dim_k, V = p.head_dim_v;
+  // one element type per role, as the C API reads them (q's for k, v; beta's for the gates)
+  if (to_nlcore(k.element_type()) != p.dtype)
+    return ffi::Error::InvalidArgument("nlcore dgd: k must have q's dtype");
+  if ((p.has_g && to_nlcore(g.element_type()) != p.gate_dtype) ||
+      (p.has_erase && to_nlcore(erase.element_type()) != p.gate_dtype))
+    return ffi::Error::InvalidArgument("nlcore dgd: g and erase must have beta's dtype");
+  if (p.has_initial_state && h0.element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("nlcore dgd: initial_state must be float32");
+  ffi::Error e = expect_dims("dgd", "k", k.dimensions(), {B, T, p.heads_qk, K});
+  if (e.success()) e = expect_dims("dgd", "beta", beta.dimensions(), {B, T, HV});
+  if (e.success() && p.has_g) e = expect_dims("dgd", "g", g.dimensions(), {B, T, HV});
+  if (e.success() && p.has_erase) e = expect_dims("dgd", "erase", erase.dimensions(), {B, T, HV});
+  if (e.success() && p.has_initial_state)
+    e = expect_dims("dgd", "initial_state", h0.dimensions(), {N, HV, K, V});
+  if (e.success()) e = expect_dims("dgd", "o / dv", o_dims, {B, T, HV, V});
+  if (e.success() && s_dims.size() != 0)
+    e = expect_dims("dgd", "final_state", s_dims, {N, HV, K, V});
+  return e;
+}
+
+// `bytes` of device workspace from XLA's scratch allocator (none for 0 bytes).
+ffi::Error scratch_alloc(ffi::ScratchAllocator& scratch, const char* op, size_t bytes,
+                         void** ws) {
+  *ws = nullptr;
+  if (bytes == 0) return ffi::Error::Success();
+  std::optional<void*> got = scratch.Allocate(bytes, kWorkspaceAlign);
+  if (!got.has_value())
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string("nlcore ") + op +
+                                                              ": cannot allocate " +
+                                                              std::to_string(bytes) +
+                                                              " bytes of workspace");
+  *ws = *got;
+  return ffi::Error::Success();
+}
+
 ffi::Error workspace(ffi::ScratchAllocator& scratch, const nlcore_dgd_problem_t& p,
                      int32_t backward, void** ws, size_t* bytes) {
   nlcore_status_t st = nlcore_dgd_workspace_size(&p, backward, bytes);
   if (st != NLCORE_STATUS_SUCCESS) return api_error("dgd", st);
-  *ws = nullptr;
-  if (*bytes == 0) return ffi::Error::Success();
-  std::optional<void*> got = scratch.Allocate(*bytes, kWorkspaceAlign);
-  if (!got.has_value())
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      "nlcore dgd: cannot allocate " + std::to_string(*bytes) +
-                          " bytes of workspace");
-  *ws = *got;
-  return ffi::Error::Success();
+  return scratch_alloc(scratch, "dgd", *bytes, ws);
 }
 
 ffi::Error DgdForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
@@ -115,6 +169,12 @@ ffi::Error DgdForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ff
   ffi::Error e = dgd_problem(q, v, beta, cu, has_g, has_erase, has_initial_state, varlen,
                              read_before, scale, &p);
   if (e.failure()) return e;
+  if ((e = dgd_shapes(p, k, beta, g, erase, h0, o->dimensions(), final_state->dimensions()))
+          .failure())
+    return e;
+  if (to_nlcore(o->element_type()) != p.dtype ||
+      final_state->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("nlcore dgd: o must have q's dtype, final_state float32");
   nlcore_dgd_tensors_t t{};
   t.q = q.untyped_data();
   t.k = k.untyped_data();
@@ -147,6 +207,39 @@ ffi::Error DgdBackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, f
   ffi::Error e = dgd_problem(q, v, beta, cu, has_g, has_erase, has_initial_state, varlen,
                              read_before, scale, &p);
   if (e.failure()) return e;
+  if ((e = dgd_shapes(p, k, beta, g, erase, h0, grad_o.dimensions(),
+                      has_grad_final_state ? grad_final_state.dimensions()
+                                           : ffi::Span<const int64_t>()))
+          .failure())
+    return e;
+  if ((e = expect_dims("dgd", "dq", dq->dimensions(),
+                       {p.batch, p.seqlen, p.heads_qk, p.head_dim_k})).failure() ||
+      (e = expect_dims("dgd", "dv", dv->dimensions(),
+                       {p.batch, p.seqlen, p.heads_v, p.head_dim_v})).failure() ||
+      (e = expect_dims("dgd", "dk", dk->dimensions(),
+                       {p.batch, p.seqlen, p.heads_qk, p.head_dim_k})).failure() ||
+      (e = expect_dims("dgd", "dbeta", dbeta->dimensions(),
+                       {p.batch, p.seqlen, p.heads_v})).failure() ||
+      (has_g && (e = expect_dims("dgd", "dg", dg->dimensions(),
+                                 {p.batch, p.seqlen, p.heads_v})).failure()) ||
+      (has_erase && (e = expect_dims("dgd", "derase", derase->dimensions(),
+                                     {p.batch, p.seqlen, p.heads_v})).failure()) ||
+      (has_initial_state &&
+       (e = expect_dims("dgd", "dinitial_state", dh0->dimensions(),
+                        {p.num_sequences, p.heads_v, p.head_dim_k, p.head_dim_v})).failure()))
+    return e;
+  if (to_nlcore(grad_o.element_type()) != p.dtype)
+    return ffi::Error::InvalidArgument("nlcore dgd: grad_o must have q's dtype");
+  if (to_nlcore(dq->element_type()) != p.dtype || to_nlcore(dk->element_type()) != p.dtype ||
+      to_nlcore(dv->element_type()) != p.dtype)
+    return ffi::Error::InvalidArgument("nlcore dgd: dq, dk, dv must have q's dtype");
+  if (to_nlcore(dbeta->element_type()) != p.gate_dtype ||
+      (has_g && to_nlcore(dg->element_type()) != p.gate_dtype) ||
+      (has_erase && to_nlcore(derase->element_type()) != p.gate_dtype) ||
+      (has_initial_state && dh0->element_type() != ffi::DataType::F32) ||
+      (has_grad_final_state && grad_final_state.element_type() != ffi::DataType::F32))
+    return ffi::Error::InvalidArgument(
+        "nlcore dgd: gate gradients must have beta's dtype, state gradients float32");
   nlcore_dgd_tensors_t t{};
   t.q = q.untyped_data();
   t.k = k.untyped_data();
@@ -174,45 +267,55 @@ ffi::Error DgdBackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, f
 
 // Newton–Schulz forward (nlcore/newton_schulz.h): G [..., rows, cols] -> O of G's shape and
 // dtype. coefficients: `steps` (a, b, c) triples, flattened.
+// The Newton–Schulz problem of G (O: G's shape and dtype), validated by the C API; its
+// workspace size in *bytes.
+ffi::Error ns_problem(const ffi::AnyBuffer& G, ffi::Span<const int64_t> o_dims,
+                      ffi::DataType o_type, ffi::Span<const float> coefficients, float eps,
+                      float norm_scale, int32_t norm_additive, int32_t compute_dtype,
+                      int32_t flags, nlcore_ns_problem_t* p, size_t* bytes) {
+  auto gd = G.dimensions();
+  if (gd.size() < 2)
+    return ffi::Error::InvalidArgument("nlcore newton_schulz: G must have rank >= 2, got " +
+                                       std::to_string(gd.size()));
+  bool same = o_dims.size() == gd.size();
+  for (size_t i = 0; same && i < gd.size(); ++i) same = o_dims[i] == gd[i];
+  if (!same || o_type != G.element_type())
+    return ffi::Error::InvalidArgument("nlcore newton_schulz: O must have G's shape and dtype");
+  if (coefficients.size() == 0 || coefficients.size() % 3 != 0)
+    return ffi::Error::InvalidArgument(
+        "nlcore newton_schulz: coefficients must hold steps x 3 values, got " +
+        std::to_string(coefficients.size()));
+  *p = nlcore_ns_problem_t{};
+  p->rows = gd[gd.size() - 2];
+  p->cols = gd[gd.size() - 1];
+  p->batch = 1;
+  for (size_t i = 0; i + 2 < gd.size(); ++i) p->batch *= gd[i];
+  p->io_dtype = to_nlcore(G.element_type());
+  p->compute_dtype = static_cast<nlcore_dtype_t>(compute_dtype);
+  p->steps = static_cast<int32_t>(coefficients.size() / 3);
+  p->coefficients = coefficients.begin();
+  p->eps = eps;
+  p->norm_scale = norm_scale;
+  p->norm_additive = norm_additive;
+  p->flags = static_cast<uint32_t>(flags);
+  nlcore_status_t st = nlcore_newton_schulz_workspace_size(p, bytes);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("newton_schulz", st);
+}
+
 ffi::Error NewtonSchulzForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                                    ffi::AnyBuffer G, ffi::Result<ffi::AnyBuffer> O,
                                    ffi::Span<const float> coefficients, float eps,
                                    float norm_scale, int32_t norm_additive,
                                    int32_t compute_dtype, int32_t flags) {
-  auto gd = G.dimensions();
-  if (gd.size() < 2)
-    return ffi::Error::InvalidArgument("nlcore newton_schulz: G must have rank >= 2, got " +
-                                       std::to_string(gd.size()));
-  if (coefficients.size() == 0 || coefficients.size() % 3 != 0)
-    return ffi::Error::InvalidArgument(
-        "nlcore newton_schulz: coefficients must hold steps x 3 values, got " +
-        std::to_string(coefficients.size()));
-  nlcore_ns_problem_t p{};
-  p.rows = gd[gd.size() - 2];
-  p.cols = gd[gd.size() - 1];
-  p.batch = 1;
-  for (size_t i = 0; i + 2 < gd.size(); ++i) p.batch *= gd[i];
-  p.io_dtype = to_nlcore(G.element_type());
-  p.compute_dtype = static_cast<nlcore_dtype_t>(compute_dtype);
-  p.steps = static_cast<int32_t>(coefficients.size() / 3);
-  p.coefficients = coefficients.begin();
-  p.eps = eps;
-  p.norm_scale = norm_scale;
-  p.norm_additive = norm_additive;
-  p.flags = static_cast<uint32_t>(flags);
+  nlcore_ns_problem_t p;
   size_t bytes = 0;
-  nlcore_status_t st = nlcore_newton_schulz_workspace_size(&p, &bytes);
-  if (st != NLCORE_STATUS_SUCCESS) return api_error("newton_schulz", st);
+  ffi::Error e = ns_problem(G, O->dimensions(), O->element_type(), coefficients, eps,
+                            norm_scale, norm_additive, compute_dtype, flags, &p, &bytes);
   void* ws = nullptr;
-  if (bytes > 0) {
-    std::optional<void*> got = scratch.Allocate(bytes, kWorkspaceAlign);
-    if (!got.has_value())
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        "nlcore newton_schulz: cannot allocate " + std::to_string(bytes) +
-                            " bytes of workspace");
-    ws = *got;
-  }
-  st = nlcore_newton_schulz_forward(&p, G.untyped_data(), O->untyped_data(), ws, bytes, stream);
+  if (e.failure() || (e = scratch_alloc(scratch, "newton_schulz", bytes, &ws)).failure())
+    return e;
+  nlcore_status_t st =
+      nlcore_newton_schulz_forward(&p, G.untyped_data(), O->untyped_data(), ws, bytes, stream);
   return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("newton_schulz", st);
 }
 

@@ -1,0 +1,150 @@
+// Host-only tests of the XLA FFI handlers' argument checks (csrc/jax/ffi.cpp, no GPU, no XLA
+// runtime): the DGD and Newton–Schulz problems are built from fake FFI buffers (fake device
+// pointers, never dereferenced), and every mismatched shape, dtype or attribute comes back as an
+// INVALID_ARGUMENT error naming the operand, before any kernel. ffi.cpp is compiled into this
+// test so its internal helpers are reachable. Prints "N passed, M failed".
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "../../csrc/jax/ffi.cpp"
+#include "check.h"
+
+namespace {
+
+// An FFI buffer with its own dims storage.
+struct Buf {
+  std::vector<int64_t> dims;
+  XLA_FFI_Buffer raw{};
+  Buf(ffi::DataType t, std::vector<int64_t> d, uintptr_t addr = 0x100000) : dims(std::move(d)) {
+    raw.struct_size = XLA_FFI_Buffer_STRUCT_SIZE;
+    raw.extension_start = nullptr;
+    raw.dtype = static_cast<XLA_FFI_DataType>(t);
+    raw.data = reinterpret_cast<void*>(addr);
+    raw.rank = static_cast<int64_t>(dims.size());
+    raw.dims = dims.data();
+  }
+  ffi::AnyBuffer any() const { return ffi::AnyBuffer(&raw); }
+  ffi::Span<const int64_t> span() const { return ffi::Span<const int64_t>(dims.data(), dims.size()); }
+};
+
+using DT = ffi::DataType;
+
+bool has(const ffi::Error& e, const char* needle) {
+  return e.failure() && e.message().find(needle) != std::string::npos;
+}
+
+// A valid DGD problem: B 2, T 40, H 2, HV 4, K 32, V 64, g and initial state given.
+struct Dgd {
+  Buf q{DT::BF16, {2, 40, 2, 32}}, k{DT::BF16, {2, 40, 2, 32}}, v{DT::BF16, {2, 40, 4, 64}};
+  Buf beta{DT::F32, {2, 40, 4}}, g{DT::F32, {2, 40, 4}}, erase{DT::F32, {0}};
+  Buf h0{DT::F32, {2, 4, 32, 64}}, cu{DT::S32, {0}};
+  Buf o{DT::BF16, {2, 40, 4, 64}}, s{DT::F32, {2, 4, 32, 64}};
+  int32_t has_g = 1, has_erase = 0, has_h0 = 1, varlen = 0;
+
+  ffi::Error check(nlcore_dgd_problem_t* p) const {
+    ffi::Error e = dgd_problem(q.any(), v.any(), beta.any(), cu.any(), has_g, has_erase, has_h0,
+                               varlen, 0, 0.125f, p);
+    if (e.failure()) return e;
+    e = dgd_shapes(*p, k.any(), beta.any(), g.any(), erase.any(), h0.any(), o.span(), s.span());
+    if (e.failure()) return e;
+    size_t bytes = 0;
+    nlcore_status_t st = nlcore_dgd_workspace_size(p, 0, &bytes);
+    return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("dgd", st);
+  }
+};
+
+void test_dgd() {
+  nlcore_dgd_problem_t p;
+  {
+    Dgd d;
+    ffi::Error e = d.check(&p);
+    CHECK(e.success(), "valid dgd problem rejected: %s", e.message().c_str());
+    CHECK(p.batch == 2 && p.seqlen == 40 && p.num_sequences == 2 && p.heads_qk == 2 &&
+              p.heads_v == 4 && p.head_dim_k == 32 && p.head_dim_v == 64 &&
+              p.dtype == NLCORE_DTYPE_BFLOAT16 && p.gate_dtype == NLCORE_DTYPE_FLOAT32 &&
+              p.has_g == 1 && p.has_initial_state == 1 && p.chunk_size == 64,
+          "dgd problem fields");
+  }
+  struct Case {
+    const char* name;
+    void (*edit)(Dgd&);
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"q rank 3", [](Dgd& d) { d.q = Buf(DT::BF16, {2, 40, 64}); }, "rank 4"},
+      {"k shape", [](Dgd& d) { d.k = Buf(DT::BF16, {2, 40, 2, 16}); }, "k must be [2, 40, 2, 32]"},
+      {"k dtype", [](Dgd& d) { d.k = Buf(DT::F16, {2, 40, 2, 32}); }, "k must have q's dtype"},
+      {"v dtype", [](Dgd& d) { d.v = Buf(DT::F32, {2, 40, 4, 64}); }, "v must have q's dtype"},
+      {"beta shape", [](Dgd& d) { d.beta = Buf(DT::F32, {2, 40, 2}); }, "beta must be [2, 40, 4]"},
+      {"g shape", [](Dgd& d) { d.g = Buf(DT::F32, {2, 41, 4}); }, "g must be [2, 40, 4]"},
+      {"g dtype", [](Dgd& d) { d.g = Buf(DT::BF16, {2, 40, 4}); }, "beta's dtype"},
+      {"erase missing", [](Dgd& d) { d.has_erase = 1; }, "erase must be [2, 40, 4]"},
+      {"h0 shape", [](Dgd& d) { d.h0 = Buf(DT::F32, {2, 4, 32, 32}); }, "initial_state must be"},
+      {"h0 dtype", [](Dgd& d) { d.h0 = Buf(DT::BF16, {2, 4, 32, 64}); }, "initial_state must be float32"},
+      {"o shape", [](Dgd& d) { d.o = Buf(DT::BF16, {2, 40, 4, 32}); }, "o / dv must be"},
+      {"final shape", [](Dgd& d) { d.s = Buf(DT::F32, {1, 4, 32, 64}); }, "final_state must be"},
+      {"q float64", [](Dgd& d) {
+         d.q = Buf(DT::F64, {2, 40, 2, 32}); d.k = Buf(DT::F64, {2, 40, 2, 32});
+         d.v = Buf(DT::F64, {2, 40, 4, 64}); }, "dtype"},
+      {"head dim 48", [](Dgd& d) {
+         d.q = Buf(DT::BF16, {2, 40, 2, 48}); d.k = Buf(DT::BF16, {2, 40, 2, 48});
+         d.h0 = Buf(DT::F32, {2, 4, 48, 64}); d.s = Buf(DT::F32, {2, 4, 48, 64}); }, "head_dim_k"},
+      {"varlen with B 2", [](Dgd& d) { d.varlen = 1; d.cu = Buf(DT::S32, {3}); }, "batch"},
+      {"cu_seqlens rank 2", [](Dgd& d) { d.varlen = 1; d.cu = Buf(DT::S32, {3, 1}); },
+       "cu_seqlens must be rank 1"},
+      {"heads_v not a multiple", [](Dgd& d) {
+         d.v = Buf(DT::BF16, {2, 40, 3, 64}); d.beta = Buf(DT::F32, {2, 40, 3});
+         d.g = Buf(DT::F32, {2, 40, 3}); d.h0 = Buf(DT::F32, {2, 3, 32, 64});
+         d.o = Buf(DT::BF16, {2, 40, 3, 64}); d.s = Buf(DT::F32, {2, 3, 32, 64}); }, "heads_v"},
+  };
+  for (const Case& c : cases) {
+    Dgd d;
+    c.edit(d);
+    ffi::Error e = d.check(&p);
+    CHECK(e.failure() && e.errc() == ffi::ErrorCode::kInvalidArgument, "%s: accepted", c.name);
+    CHECK(has(e, c.needle), "%s: message '%s' lacks '%s'", c.name, e.message().c_str(), c.needle);
+  }
+}
+
+void test_newton_schulz() {
+  const std::vector<float> muon = {3.4445f, -4.775f, 2.0315f, 3.4445f, -4.775f, 2.0315f};
+  ffi::Span<const float> coef(muon.data(), muon.size());
+  Buf G(DT::F32, {3, 96, 64});
+  nlcore_ns_problem_t p;
+  size_t bytes = 0;
+  ffi::Error e = ns_problem(G.any(), G.span(), DT::F32, coef, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(e.success(), "valid newton_schulz problem rejected: %s", e.message().c_str());
+  CHECK(p.batch == 3 && p.rows == 96 && p.cols == 64 && p.steps == 2 &&
+            p.compute_dtype == NLCORE_DTYPE_BFLOAT16 && p.io_dtype == NLCORE_DTYPE_FLOAT32,
+        "newton_schulz problem fields");
+  Buf G1(DT::F32, {64});
+  e = ns_problem(G1.any(), G1.span(), DT::F32, coef, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "rank >= 2"), "rank 1: %s", e.message().c_str());
+  Buf O(DT::F32, {3, 64, 96});
+  e = ns_problem(G.any(), O.span(), DT::F32, coef, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "O must have G's shape"), "O shape: %s", e.message().c_str());
+  e = ns_problem(G.any(), G.span(), DT::BF16, coef, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "O must have G's shape and dtype"), "O dtype: %s", e.message().c_str());
+  ffi::Span<const float> five(muon.data(), 5);
+  e = ns_problem(G.any(), G.span(), DT::F32, five, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "steps x 3"), "5 coefficients: %s", e.message().c_str());
+  e = ns_problem(G.any(), G.span(), DT::F32, coef, 1e-7f, 1.0f, 0, 9, 0, &p, &bytes);
+  CHECK(has(e, "compute_dtype"), "compute_dtype 9: %s", e.message().c_str());
+  e = ns_problem(G.any(), G.span(), DT::F32, coef, -1.0f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "eps"), "eps -1: %s", e.message().c_str());
+  Buf G64(DT::F64, {3, 96, 64});
+  e = ns_problem(G64.any(), G64.span(), DT::F64, coef, 1e-7f, 1.0f, 0, 1, 0, &p, &bytes);
+  CHECK(has(e, "io_dtype"), "float64: %s", e.message().c_str());
+  e = ns_problem(G.any(), G.span(), DT::F32, coef, 1e-7f, 1.0f, 0, 1, 1 << 9, &p, &bytes);
+  CHECK(has(e, "flags"), "unknown flag: %s", e.message().c_str());
+}
+
+}  // namespace
+
+int main() {
+  test_dgd();
+  test_newton_schulz();
+  return nlcore_test::check_summary();
+}
