@@ -241,17 +241,21 @@ def test_dlpack_zero_copy(monkeypatch, x32):
 
 
 def test_jit_and_vmap_raise(x32):
-    # the scans are eager only: a clear error under any tracing transformation
+    # the self-modifying scan is eager only: a clear error under any tracing transformation
     x = jnp.ones((1, 6, 1, 4), dtype=jnp.float32)
-    w_in, w_out, eta = jnp.ones((1, 8, 4)), jnp.ones((1, 4, 8)), jnp.ones((1, 6, 1))
+    w_in, w_out = jnp.ones((4, 1, 8, 4)), jnp.ones((4, 1, 4, 8))
+    w_eta = w_alpha = jnp.ones((1, 4))
 
     def scan(x):
-        return nj.memory_mlp_scan(x, x, x, eta, w_in, w_out, 2)[0]
+        return nj.self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, 2)[0]
 
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.memory_mlp_scan.*eager"):
+    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.self_modifying_scan.*eager"):
         jax.jit(scan)(x)
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.memory_mlp_scan.*jax\.jit"):
+    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.self_modifying_scan.*jax\.jit"):
         jax.vmap(scan)(x[None])
+    eta = jnp.ones((1, 6, 1))
+    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.memory_mlp_scan under jax\.jit.*CUDA"):
+        jax.jit(lambda x: nj.memory_mlp_scan(x, x, x, eta, w_in[0], w_out[0], 2)[0])(x)
     # newton_schulz and dgd have XLA FFI kernels for jit, CUDA only: on a CPU backend that is
     # said at trace time
     G = jnp.ones((2, 4, 3), dtype=jnp.float32)

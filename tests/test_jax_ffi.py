@@ -1,8 +1,9 @@
 """nlcore.jax under jax.jit: the XLA FFI path (issue 10; csrc/jax/ffi.cpp, nlcore/_jax_ffi.py).
 
 Without a GPU (CI): the FFI library loads and exports its handlers, and jitted programs —
-dgd forward, jax.grad, vmap, gated_delta_rule, every optional input; newton_schulz with its
-coefficient attributes, grad and vmap — lower for CUDA
+dgd forward, jax.grad, vmap, gated_delta_rule, every optional input; memory_mlp_scan forward
+and backward, with an initial state and varlen; newton_schulz with its coefficient attributes,
+grad and vmap — lower for CUDA
 (jax.export, platforms=["cuda"]) to the custom calls with the right operands, results and
 attributes; bad input is a clear error at trace time. On a GPU with a CUDA jaxlib: jitted
 results and gradients equal the eager (torch) op's.
@@ -216,6 +217,32 @@ def test_jit_matches_the_eager_op_on_gpu(ffi_lib):
     assert abs(float(got_v) - float(want_v)) <= 1e-5 * abs(float(want_v)) + 1e-6
     got_g, want_g = np.asarray(got_g, np.float64), np.asarray(want_g, np.float64)
     assert np.linalg.norm(got_g - want_g) <= 1e-3 * np.linalg.norm(want_g)
+    # the memory scan from an initial state with open chunks (n as int32 in, int64 words)
+    B, T, H, D, F_, C = 2, 37, 2, 32, 64, 8
+    x = jnp.asarray(rng.standard_normal((B, T, H, D)), jnp.float32)
+    kk = jnp.asarray(rng.standard_normal((B, T, H, D)), jnp.float32)
+    kk = kk / jnp.linalg.norm(kk, axis=-1, keepdims=True)
+    vv = jnp.asarray(rng.standard_normal((B, T, H, D)), jnp.float32)
+    eta = jnp.asarray(rng.uniform(0.01, 0.1, (B, T, H)), jnp.float32)
+    st = (jnp.asarray(rng.standard_normal((B, H, F_, D)) / np.sqrt(D), jnp.float32),
+          jnp.asarray(rng.standard_normal((B, H, D, F_)) / np.sqrt(F_), jnp.float32),
+          *(jnp.asarray(0.01 * rng.standard_normal(s), jnp.float32)
+            for s in ((B, H, F_, D), (B, H, D, F_), (B, H, F_, D), (B, H, D, F_))),
+          jnp.asarray(-0.01 * rng.uniform(size=(B, H)), jnp.float32),
+          jnp.asarray([3, 5], jnp.int32))
+
+    def mlp_loss(x, kk, vv, eta, *s):
+        y, fin = nj.memory_mlp_scan(x, kk, vv, eta, None, None, C, momentum=0.5,
+                                    self_target=True, initial_state=s, output_final_state=True)
+        return (y ** 2).sum() + sum((t * t).sum() for t in fin[:7]) + fin.n.sum()
+
+    argn = tuple(range(11))
+    want = jax.value_and_grad(mlp_loss, argnums=argn)(x, kk, vv, eta, *st)
+    got = jax.jit(jax.value_and_grad(mlp_loss, argnums=argn))(x, kk, vv, eta, *st)
+    assert abs(float(got[0]) - float(want[0])) <= 1e-5 * abs(float(want[0]))
+    for a, b in zip(got[1], want[1]):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-12
 
 
 # ----------------------------------------------------------------------------- Newton–Schulz
@@ -288,3 +315,86 @@ def test_newton_schulz_bad_input_at_trace_time(for_cuda):
             jax.jit(lambda g: nj.newton_schulz(g, **kw))(G)
     with pytest.raises(ValueError, match=r"G must be \[\.\.\., m, n\]"):
         jax.jit(nj.newton_schulz)(jnp.zeros((4,), jnp.float32))
+
+
+# ----------------------------------------------------------------------------- memory scan
+def mlp_spec(B=2, T=40, H=2, D=32, F_=64, dtype=jnp.bfloat16, lead=()):
+    return dict(x=S((B, T, H, D), dtype), k=S((B, T, H, D), dtype), v=S((B, T, H, D), dtype),
+                eta=S((B, T, H), jnp.float32), w_in=S(lead + (H, F_, D), jnp.float32),
+                w_out=S(lead + (H, D, F_), jnp.float32))
+
+
+def test_memory_scan_forward_and_grad_lower(for_cuda):
+    sp = mlp_spec()
+    g = S((2, 40, 2), jnp.float32)
+
+    def loss(x, k, v, eta, w_in, w_out, g):
+        y, st = nj.memory_mlp_scan(x, k, v, eta, w_in, w_out, 8, g=g, momentum=0.5,
+                                   activation="gelu", objective="dot", self_target=True,
+                                   output_final_state=True, checkpoint_every=3,
+                                   kernel="persistent")
+        return y.astype(jnp.float32).sum() + (st.w_in ** 2).sum() + st.acc_g.sum()
+
+    vg = jax.value_and_grad(loss, argnums=tuple(range(7)))
+    text = lower_for_cuda(vg, *sp.values(), g)
+    (fwd,) = calls(text, "nlcore_mlp_fwd")
+    (bwd,) = calls(text, "nlcore_mlp_bwd")
+    a = attrs(fwd)
+    assert a == attrs(bwd)
+    assert a["activation"] == "1" and a["objective"] == "1" and a["self_target"] == "1"
+    assert a["has_g"] == "1" and a["has_initial_state"] == "0" and a["flags"] == "1"
+    assert float(a["momentum"]) == 0.5
+    assert re.search(r"chunk_size = 8 : i64", fwd) and re.search(r"checkpoint_every = 3 : i64", fwd)
+    # nine results: y, seven float state entries, n as int32 [N, 2] (int64 words)
+    res = fwd.split("->")[-1]
+    assert "tensor<2x40x2x32xbf16>" in res and "tensor<2x2x64x32xf32>" in res
+    assert "tensor<2x2xi32>" in res
+    _, grads = jax.eval_shape(jax.jit(vg), *sp.values(), g)
+    for got, want in zip(grads, list(sp.values()) + [g]):
+        assert got.shape == want.shape and got.dtype == want.dtype
+
+
+def test_memory_scan_initial_state_varlen_lower(for_cuda):
+    N, H, D, F_ = 3, 2, 32, 64
+    sp = mlp_spec(B=1, T=50, H=H, D=D, F_=F_, dtype=jnp.float32)
+    del sp["w_in"], sp["w_out"]
+    state = [S((N, H, F_, D), jnp.float32), S((N, H, D, F_), jnp.float32),
+             S((N, H, F_, D), jnp.float32), S((N, H, D, F_), jnp.float32),
+             S((N, H, F_, D), jnp.float32), S((N, H, D, F_), jnp.float32),
+             S((N, H), jnp.float32), S((N,), jnp.int32)]
+    cu = S((N + 1,), jnp.int32)
+
+    def loss(x, k, v, eta, cu, *st):
+        y, fin = nj.memory_mlp_scan(x, k, v, eta, None, None, 4, initial_state=st,
+                                    output_final_state=True, cu_seqlens=cu)
+        return y.sum() + fin.p_in.sum() + fin.n.sum()
+
+    # (value_and_grad: with grad alone XLA drops the forward call, whose outputs the backward
+    # kernel does not need)
+    text = lower_for_cuda(jax.value_and_grad(loss, argnums=(0, 5, 7, 11)), *sp.values(), cu,
+                          *state)
+    (fwd,) = calls(text, "nlcore_mlp_fwd")
+    (bwd,) = calls(text, "nlcore_mlp_bwd")
+    assert attrs(fwd)["has_initial_state"] == "1" and attrs(fwd)["varlen"] == "1"
+    assert "tensor<3x2xi32>" in fwd.split("->")[0]  # n handed in as its int64 words
+    grads = jax.eval_shape(jax.jit(jax.grad(loss, argnums=(0, 5, 7, 11))), *sp.values(), cu,
+                           *state)
+    assert [t.shape for t in grads] == [(1, 50, 2, 32), (N, H, F_, D), (N, H, F_, D), (N, H)]
+
+
+def test_memory_scan_bad_input_at_trace_time(for_cuda):
+    sp = mlp_spec(dtype=jnp.float32)
+    x, k, v, eta, w_in, w_out = (jnp.zeros(s.shape, s.dtype) for s in sp.values())
+    cases = [(dict(eta=eta[..., :1]), ValueError, r"eta must be \(2, 40, 2\)"),
+             (dict(w_out=w_out[:, :, :32]), ValueError, r"w_out must be"),
+             (dict(k=k.astype(jnp.bfloat16)), TypeError, r"x, k, v must share one dtype"),
+             (dict(chunk_size=0), ValueError, r"chunk_size must be an int >= 1"),
+             (dict(activation="relu"), ValueError, r"activation must be"),
+             (dict(kernel="cluster"), ValueError, r"kernel must be one of")]
+    for over, exc, match in cases:
+        arrays = dict(x=x, k=k, v=v, eta=eta, w_in=w_in, w_out=w_out)
+        arrays.update({n: t for n, t in over.items() if not isinstance(t, (int, str))})
+        statics = dict(chunk_size=4)
+        statics.update({n: t for n, t in over.items() if isinstance(t, (int, str))})
+        with pytest.raises(exc, match=match):
+            jax.jit(lambda a: nj.memory_mlp_scan(**a, **statics)[0])(arrays)

@@ -1,7 +1,7 @@
-// XLA FFI handlers over the nlcore C API (issue 10): the DGD forward and backward and the
-// Newton–Schulz forward as typed XLA custom calls for JAX on CUDA, so `nlcore.jax.dgd` and
-// `nlcore.jax.newton_schulz` run under `jax.jit` (python/nlcore/_jax_ffi.py registers them
-// with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
+// XLA FFI handlers over the nlcore C API (issue 10): the DGD and MLP-memory-scan forward and
+// backward and the Newton–Schulz forward as typed XLA custom calls for JAX on CUDA, so
+// `nlcore.jax.dgd`, `memory_mlp_scan` and `newton_schulz` run under `jax.jit`
+// (python/nlcore/_jax_ffi.py registers them with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
 // libnlcore_cuda.so and the FFI headers of jaxlib (jax.ffi.include_dir()); no torch, no Python.
 //
 // Every optional tensor of the C API (g, erase, initial_state, cu_seqlens, grad_final_state)
@@ -13,8 +13,8 @@
 // without a custom call, so this library needs no CUDA runtime calls of its own (no libcudart).
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -95,9 +95,9 @@ ffi::Error dgd_problem(const ffi::AnyBuffer& q, const ffi::AnyBuffer& v,
 // Every operand's shape against the problem: the C API trusts its pointers' extents, so a
 // mismatched buffer must stop here (an error naming it), never reach a kernel.
 ffi::Error expect_dims(const char* op, const char* name, ffi::Span<const int64_t> got,
-                       std::initializer_list<int64_t> want) {
+                       const std::vector<int64_t>& want) {
   bool same = got.size() == want.size();
-  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == want.begin()[i];
+  for (size_t i = 0; same && i < got.size(); ++i) same = got[i] == want[i];
   if (same) return ffi::Error::Success();
   auto show = [](auto b, auto e) {
     std::string s = "[";
@@ -319,6 +319,288 @@ ffi::Error NewtonSchulzForwardImpl(cudaStream_t stream, ffi::ScratchAllocator sc
   return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("newton_schulz", st);
 }
 
+
+// ---- MLP memory scan (nlcore/memory_mlp.h) ------------------------------------------------------
+// Operands: x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu_seqlens
+// (absent ones zero-size placeholders). The state's token counts n are INT64 for the C API;
+// JAX without jax_enable_x64 has no 64-bit arrays, so n (and n_final) may come as int32
+// [N, 2]: the little-endian words of each int64 (low = n, high = 0), which is the same memory.
+struct MlpIn {
+  const ffi::AnyBuffer &x, &k, &v, &eta, &g, &w_in, &w_out, &p_in, &p_out, &acc_in, &acc_out,
+      &acc_g, &n, &cu;
+};
+
+struct MlpAttrs {
+  int64_t chunk_size;
+  float momentum;
+  int32_t activation, objective, residual, self_target, dgd_erase, has_g, has_initial_state,
+      varlen;
+  int64_t checkpoint_every;
+  int32_t flags;
+};
+
+// n / n_final as the C API's INT64 [N]: int64 [N] or int32 [N, 2].
+bool int64_counts(ffi::DataType t, ffi::Span<const int64_t> d, int64_t N) {
+  return (t == ffi::DataType::S64 && d.size() == 1 && d[0] == N) ||
+         (t == ffi::DataType::S32 && d.size() == 2 && d[0] == N && d[1] == 2);
+}
+
+ffi::Error mlp_problem(const MlpIn& in, const MlpAttrs& a, nlcore_memory_mlp_problem_t* p,
+                       int64_t* F) {
+  const char* op = "memory_mlp_scan";
+  auto xd = in.x.dimensions();
+  auto wd = in.w_in.dimensions();
+  if (xd.size() != 4)
+    return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: x must be [B, T, H, D], rank " +
+                                       std::to_string(xd.size()));
+  if (wd.size() != 3 && wd.size() != 4)
+    return ffi::Error::InvalidArgument(
+        "nlcore memory_mlp_scan: w_in must be [H, F, D] or [N, H, F, D]");
+  if (a.varlen && in.cu.dimensions().size() != 1)
+    return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: cu_seqlens must be rank 1");
+  const int64_t B = xd[0], T = xd[1], H = xd[2], D = xd[3];
+  const int64_t N = a.varlen ? in.cu.dimensions()[0] - 1 : B;
+  const bool shared = wd.size() == 3;
+  *F = wd[wd.size() - 2];
+  *p = nlcore_memory_mlp_problem_t{};
+  p->batch = B;
+  p->seqlen = T;
+  p->num_sequences = N;
+  p->heads = static_cast<int32_t>(H);
+  p->head_dim = static_cast<int32_t>(D);
+  p->hidden_dim = static_cast<int32_t>(*F);
+  p->dtype = to_nlcore(in.x.element_type());
+  p->gate_dtype = to_nlcore(in.eta.element_type());
+  p->chunk_size = a.chunk_size;
+  p->momentum = a.momentum;
+  p->activation = a.activation;
+  p->objective = a.objective;
+  p->residual = a.residual;
+  p->self_target = a.self_target;
+  p->dgd_erase = a.dgd_erase;
+  p->has_g = a.has_g;
+  p->weights_shared = shared ? 1 : 0;
+  p->has_initial_state = a.has_initial_state;
+  p->checkpoint_every = a.checkpoint_every;
+  p->cu_seqlens = a.varlen ? in.cu.untyped_data() : nullptr;
+  p->cu_seqlens_dtype = a.varlen ? to_nlcore(in.cu.element_type()) : NLCORE_DTYPE_INT32;
+  p->flags = static_cast<uint32_t>(a.flags);
+  // every operand against the problem
+  const int64_t Fv = *F;
+  const std::vector<int64_t> tok = {B, T, H, D}, gate = {B, T, H};
+  ffi::Error e = expect_dims(op, "k", in.k.dimensions(), tok);
+  if (e.success()) e = expect_dims(op, "v", in.v.dimensions(), tok);
+  if (e.success()) e = expect_dims(op, "eta", in.eta.dimensions(), gate);
+  if (e.success() && a.has_g) e = expect_dims(op, "g", in.g.dimensions(), gate);
+  if (e.success())
+    e = shared ? expect_dims(op, "w_in", wd, {H, Fv, D})
+               : expect_dims(op, "w_in", wd, {N, H, Fv, D});
+  if (e.success())
+    e = shared ? expect_dims(op, "w_out", in.w_out.dimensions(), {H, D, Fv})
+               : expect_dims(op, "w_out", in.w_out.dimensions(), {N, H, D, Fv});
+  if (e.success() && a.has_initial_state) {
+    e = expect_dims(op, "p_in", in.p_in.dimensions(), {N, H, Fv, D});
+    if (e.success()) e = expect_dims(op, "p_out", in.p_out.dimensions(), {N, H, D, Fv});
+    if (e.success()) e = expect_dims(op, "acc_in", in.acc_in.dimensions(), {N, H, Fv, D});
+    if (e.success()) e = expect_dims(op, "acc_out", in.acc_out.dimensions(), {N, H, D, Fv});
+    if (e.success()) e = expect_dims(op, "acc_g", in.acc_g.dimensions(), {N, H});
+    if (e.success() && !int64_counts(in.n.element_type(), in.n.dimensions(), N))
+      e = ffi::Error::InvalidArgument("nlcore memory_mlp_scan: n must be int64 [N] or int32 "
+                                      "[N, 2] (the int64 words), N = " + std::to_string(N));
+  }
+  if (e.failure()) return e;
+  if (to_nlcore(in.k.element_type()) != p->dtype || to_nlcore(in.v.element_type()) != p->dtype)
+    return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: k and v must have x's dtype");
+  const ffi::AnyBuffer* f32[] = {&in.eta, &in.w_in, &in.w_out};
+  for (const ffi::AnyBuffer* b : f32)
+    if (b->element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument(
+          "nlcore memory_mlp_scan: eta, g, the weights and the state must be float32");
+  if (a.has_g && in.g.element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: g must be float32");
+  if (a.has_initial_state)
+    for (const ffi::AnyBuffer* b : {&in.p_in, &in.p_out, &in.acc_in, &in.acc_out, &in.acc_g})
+      if (b->element_type() != ffi::DataType::F32)
+        return ffi::Error::InvalidArgument(
+            "nlcore memory_mlp_scan: the initial state's buffers must be float32");
+  return ffi::Error::Success();
+}
+
+void mlp_tensors(const MlpIn& in, const MlpAttrs& a, nlcore_memory_mlp_tensors_t* t) {
+  *t = nlcore_memory_mlp_tensors_t{};
+  t->x = in.x.untyped_data();
+  t->k = in.k.untyped_data();
+  t->v = in.v.untyped_data();
+  t->eta = in.eta.untyped_data();
+  t->g = data_if(in.g, a.has_g);
+  t->w_in = in.w_in.untyped_data();
+  t->w_out = in.w_out.untyped_data();
+  t->p_in = data_if(in.p_in, a.has_initial_state);
+  t->p_out = data_if(in.p_out, a.has_initial_state);
+  t->acc_in = data_if(in.acc_in, a.has_initial_state);
+  t->acc_out = data_if(in.acc_out, a.has_initial_state);
+  t->acc_g = data_if(in.acc_g, a.has_initial_state);
+  t->n = data_if(in.n, a.has_initial_state);
+}
+
+// A result buffer's shape and dtype (the C API writes exactly that many elements).
+ffi::Error expect_result(const char* name, ffi::Result<ffi::AnyBuffer>& r,
+                         const std::vector<int64_t>& dims, nlcore_dtype_t dtype) {
+  ffi::Error e = expect_dims("memory_mlp_scan", name, r->dimensions(), dims);
+  if (e.success() && to_nlcore(r->element_type()) != dtype)
+    e = ffi::Error::InvalidArgument(std::string("nlcore memory_mlp_scan: ") + name +
+                                    " has the wrong dtype");
+  return e;
+}
+
+ffi::Error MemoryMlpForwardImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer k,
+    ffi::AnyBuffer v, ffi::AnyBuffer eta, ffi::AnyBuffer g, ffi::AnyBuffer w_in,
+    ffi::AnyBuffer w_out, ffi::AnyBuffer p_in, ffi::AnyBuffer p_out, ffi::AnyBuffer acc_in,
+    ffi::AnyBuffer acc_out, ffi::AnyBuffer acc_g, ffi::AnyBuffer n, ffi::AnyBuffer cu,
+    ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> w_in_f,
+    ffi::Result<ffi::AnyBuffer> w_out_f, ffi::Result<ffi::AnyBuffer> p_in_f,
+    ffi::Result<ffi::AnyBuffer> p_out_f, ffi::Result<ffi::AnyBuffer> acc_in_f,
+    ffi::Result<ffi::AnyBuffer> acc_out_f, ffi::Result<ffi::AnyBuffer> acc_g_f,
+    ffi::Result<ffi::AnyBuffer> n_f, int64_t chunk_size, float momentum, int32_t activation,
+    int32_t objective, int32_t residual, int32_t self_target, int32_t dgd_erase, int32_t has_g,
+    int32_t has_initial_state, int32_t varlen, int64_t checkpoint_every, int32_t flags) {
+  const MlpIn in{x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu};
+  const MlpAttrs a{chunk_size, momentum,  activation, objective,       residual, self_target,
+                   dgd_erase,  has_g,     has_initial_state, varlen, checkpoint_every, flags};
+  nlcore_memory_mlp_problem_t p;
+  int64_t F = 0;
+  ffi::Error e = mlp_problem(in, a, &p, &F);
+  if (e.failure()) return e;
+  const int64_t N = p.num_sequences, H = p.heads, D = p.head_dim;
+  const nlcore_dtype_t f32 = NLCORE_DTYPE_FLOAT32;
+  if ((e = expect_result("y", y, {p.batch, p.seqlen, H, D}, p.dtype)).failure() ||
+      (e = expect_result("w_in_final", w_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("w_out_final", w_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("p_in_final", p_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("p_out_final", p_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("acc_in_final", acc_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("acc_out_final", acc_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("acc_g_final", acc_g_f, {N, H}, f32)).failure())
+    return e;
+  if (!int64_counts(n_f->element_type(), n_f->dimensions(), N))
+    return ffi::Error::InvalidArgument(
+        "nlcore memory_mlp_scan: n_final must be int64 [N] or int32 [N, 2]");
+  nlcore_memory_mlp_tensors_t t;
+  mlp_tensors(in, a, &t);
+  t.y = y->untyped_data();
+  t.w_in_final = w_in_f->untyped_data();
+  t.w_out_final = w_out_f->untyped_data();
+  t.p_in_final = p_in_f->untyped_data();
+  t.p_out_final = p_out_f->untyped_data();
+  t.acc_in_final = acc_in_f->untyped_data();
+  t.acc_out_final = acc_out_f->untyped_data();
+  t.acc_g_final = acc_g_f->untyped_data();
+  t.n_final = n_f->untyped_data();
+  size_t bytes = 0;
+  nlcore_status_t st = nlcore_memory_mlp_workspace_size(&p, 0, &bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error("memory_mlp_scan", st);
+  void* ws = nullptr;
+  if ((e = scratch_alloc(scratch, "memory_mlp_scan", bytes, &ws)).failure()) return e;
+  st = nlcore_memory_mlp_forward(&p, &t, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("memory_mlp_scan", st);
+}
+
+ffi::Error MemoryMlpBackwardImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer k,
+    ffi::AnyBuffer v, ffi::AnyBuffer eta, ffi::AnyBuffer g, ffi::AnyBuffer w_in,
+    ffi::AnyBuffer w_out, ffi::AnyBuffer p_in, ffi::AnyBuffer p_out, ffi::AnyBuffer acc_in,
+    ffi::AnyBuffer acc_out, ffi::AnyBuffer acc_g, ffi::AnyBuffer n, ffi::AnyBuffer cu,
+    ffi::AnyBuffer grad_y, ffi::AnyBuffer grad_w_in, ffi::AnyBuffer grad_w_out,
+    ffi::AnyBuffer grad_p_in, ffi::AnyBuffer grad_p_out, ffi::AnyBuffer grad_acc_in,
+    ffi::AnyBuffer grad_acc_out, ffi::AnyBuffer grad_acc_g, ffi::Result<ffi::AnyBuffer> dx,
+    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+    ffi::Result<ffi::AnyBuffer> deta, ffi::Result<ffi::AnyBuffer> dg,
+    ffi::Result<ffi::AnyBuffer> dw_in, ffi::Result<ffi::AnyBuffer> dw_out,
+    ffi::Result<ffi::AnyBuffer> dp_in, ffi::Result<ffi::AnyBuffer> dp_out,
+    ffi::Result<ffi::AnyBuffer> dacc_in, ffi::Result<ffi::AnyBuffer> dacc_out,
+    ffi::Result<ffi::AnyBuffer> dacc_g, int64_t chunk_size, float momentum, int32_t activation,
+    int32_t objective, int32_t residual, int32_t self_target, int32_t dgd_erase, int32_t has_g,
+    int32_t has_initial_state, int32_t varlen, int64_t checkpoint_every, int32_t flags) {
+  const MlpIn in{x, k, v, eta, g, w_in, w_out, p_in, p_out, acc_in, acc_out, acc_g, n, cu};
+  const MlpAttrs a{chunk_size, momentum,  activation, objective,       residual, self_target,
+                   dgd_erase,  has_g,     has_initial_state, varlen, checkpoint_every, flags};
+  nlcore_memory_mlp_problem_t p;
+  int64_t F = 0;
+  ffi::Error e = mlp_problem(in, a, &p, &F);
+  if (e.failure()) return e;
+  const char* op = "memory_mlp_scan";
+  const int64_t B = p.batch, T = p.seqlen, N = p.num_sequences, H = p.heads, D = p.head_dim;
+  const nlcore_dtype_t f32 = NLCORE_DTYPE_FLOAT32;
+  // the final state's gradients: its shapes, float32 (always given: zeros where unused)
+  struct G { const ffi::AnyBuffer& b; const char* name; std::vector<int64_t> d; };
+  const G finals[] = {{grad_w_in, "grad_w_in", {N, H, F, D}},
+                      {grad_w_out, "grad_w_out", {N, H, D, F}},
+                      {grad_p_in, "grad_p_in", {N, H, F, D}},
+                      {grad_p_out, "grad_p_out", {N, H, D, F}},
+                      {grad_acc_in, "grad_acc_in", {N, H, F, D}},
+                      {grad_acc_out, "grad_acc_out", {N, H, D, F}},
+                      {grad_acc_g, "grad_acc_g", {N, H}}};
+  for (const G& f : finals) {
+    if ((e = expect_dims(op, f.name, f.b.dimensions(), f.d)).failure()) return e;
+    if (f.b.element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument(std::string("nlcore memory_mlp_scan: ") + f.name +
+                                         " must be float32");
+  }
+  if ((e = expect_dims(op, "grad_y", grad_y.dimensions(), {B, T, H, D})).failure()) return e;
+  if (to_nlcore(grad_y.element_type()) != p.dtype)
+    return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: grad_y must have x's dtype");
+  const bool shared = p.weights_shared != 0;
+  if ((e = expect_result("dx", dx, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("dk", dk, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("dv", dv, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("deta", deta, {B, T, H}, f32)).failure() ||
+      (has_g && (e = expect_result("dg", dg, {B, T, H}, f32)).failure()) ||
+      (e = shared ? expect_result("dw_in", dw_in, {H, F, D}, f32)
+                  : expect_result("dw_in", dw_in, {N, H, F, D}, f32)).failure() ||
+      (e = shared ? expect_result("dw_out", dw_out, {H, D, F}, f32)
+                  : expect_result("dw_out", dw_out, {N, H, D, F}, f32)).failure())
+    return e;
+  if (has_initial_state &&
+      ((e = expect_result("dp_in", dp_in, {N, H, F, D}, f32)).failure() ||
+       (e = expect_result("dp_out", dp_out, {N, H, D, F}, f32)).failure() ||
+       (e = expect_result("dacc_in", dacc_in, {N, H, F, D}, f32)).failure() ||
+       (e = expect_result("dacc_out", dacc_out, {N, H, D, F}, f32)).failure() ||
+       (e = expect_result("dacc_g", dacc_g, {N, H}, f32)).failure()))
+    return e;
+  nlcore_memory_mlp_tensors_t t;
+  mlp_tensors(in, a, &t);
+  nlcore_memory_mlp_grads_t gr{};
+  gr.grad_y = grad_y.untyped_data();
+  gr.grad_w_in = grad_w_in.untyped_data();
+  gr.grad_w_out = grad_w_out.untyped_data();
+  gr.grad_p_in = grad_p_in.untyped_data();
+  gr.grad_p_out = grad_p_out.untyped_data();
+  gr.grad_acc_in = grad_acc_in.untyped_data();
+  gr.grad_acc_out = grad_acc_out.untyped_data();
+  gr.grad_acc_g = grad_acc_g.untyped_data();
+  gr.dx = dx->untyped_data();
+  gr.dk = dk->untyped_data();
+  gr.dv = dv->untyped_data();
+  gr.deta = deta->untyped_data();
+  gr.dg = data_if(dg, has_g);
+  gr.dw_in = dw_in->untyped_data();
+  gr.dw_out = dw_out->untyped_data();
+  gr.dp_in = data_if(dp_in, has_initial_state);
+  gr.dp_out = data_if(dp_out, has_initial_state);
+  gr.dacc_in = data_if(dacc_in, has_initial_state);
+  gr.dacc_out = data_if(dacc_out, has_initial_state);
+  gr.dacc_g = data_if(dacc_g, has_initial_state);
+  size_t bytes = 0;
+  nlcore_status_t st = nlcore_memory_mlp_workspace_size(&p, 1, &bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error("memory_mlp_scan backward", st);
+  void* ws = nullptr;
+  if ((e = scratch_alloc(scratch, "memory_mlp_scan", bytes, &ws)).failure()) return e;
+  st = nlcore_memory_mlp_backward(&p, &t, &gr, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success()
+                                     : api_error("memory_mlp_scan backward", st);
+}
+
 }  // namespace
 
 // The exported handler symbols: C linkage from XLA_FFI_DEFINE_HANDLER_SYMBOL, default
@@ -329,6 +611,10 @@ extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdForwar
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreDgdBackward(
     XLA_FFI_CallFrame* call_frame);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreNewtonSchulzForward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreMemoryMlpForward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreMemoryMlpBackward(
     XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdForward, DgdForwardImpl,
@@ -392,4 +678,98 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreNewtonSchulzForward, NewtonSchulzForwardImpl
                                   .Attr<float>("norm_scale")
                                   .Attr<int32_t>("norm_additive")
                                   .Attr<int32_t>("compute_dtype")
+                                  .Attr<int32_t>("flags"));
+
+// memory_mlp_scan: 14 operands (x k v eta g w_in w_out p_in p_out acc_in acc_out acc_g n cu)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreMemoryMlpForward, MemoryMlpForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("chunk_size")
+                                  .Attr<float>("momentum")
+                                  .Attr<int32_t>("activation")
+                                  .Attr<int32_t>("objective")
+                                  .Attr<int32_t>("residual")
+                                  .Attr<int32_t>("self_target")
+                                  .Attr<int32_t>("dgd_erase")
+                                  .Attr<int32_t>("has_g")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int64_t>("checkpoint_every")
+                                  .Attr<int32_t>("flags"));
+
+// + grad_y and the 7 final-state gradients; 12 results (dx dk dv deta dg dw_in dw_out dp_in
+// dp_out dacc_in dacc_out dacc_g)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreMemoryMlpBackward, MemoryMlpBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("chunk_size")
+                                  .Attr<float>("momentum")
+                                  .Attr<int32_t>("activation")
+                                  .Attr<int32_t>("objective")
+                                  .Attr<int32_t>("residual")
+                                  .Attr<int32_t>("self_target")
+                                  .Attr<int32_t>("dgd_erase")
+                                  .Attr<int32_t>("has_g")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int64_t>("checkpoint_every")
                                   .Attr<int32_t>("flags"));

@@ -8,10 +8,11 @@ FFI headers are present at build time; `NLCORE_JAX_FFI_LIB` can point at another
 loaded and its targets are registered with `jax.ffi.register_ffi_target(..., platform="CUDA")`
 the first time a traced op needs them.
 
-FFI handlers so far: `dgd` (forward and backward kernels; `gated_delta_rule` calls it) and
-`newton_schulz` (forward kernel; its custom_vjp backward is JAX's autodiff of the same iteration,
-GEMM operands rounded to compute_dtype as the kernels round them). The scans run eagerly only
-and say so under `jit`.
+FFI handlers so far: `dgd` (forward and backward kernels; `gated_delta_rule` calls it),
+`memory_mlp_scan` (forward and backward kernels) and `newton_schulz` (forward kernel; its
+custom_vjp backward is JAX's autodiff of the same iteration, GEMM operands rounded to
+compute_dtype as the kernels round them). `self_modifying_scan` runs eagerly only and says so
+under `jit`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import numpy as np
 
 LIB_NAME = "libnlcore_jax_ffi.so"
 TARGETS = {"nlcore_dgd_fwd": "NlcoreDgdForward", "nlcore_dgd_bwd": "NlcoreDgdBackward",
-           "nlcore_ns_fwd": "NlcoreNewtonSchulzForward"}
+           "nlcore_ns_fwd": "NlcoreNewtonSchulzForward",
+           "nlcore_mlp_fwd": "NlcoreMemoryMlpForward", "nlcore_mlp_bwd": "NlcoreMemoryMlpBackward"}
 _loaded: Dict[str, Any] = {}
 # Tests set this to lower for CUDA (jax.export(platforms=["cuda"])) on a machine whose JAX
 # backend is the CPU; otherwise tracing an FFI op for a non-GPU backend is a clear error.
@@ -286,3 +288,174 @@ def newton_schulz(G, steps: int = 5, coefficients="muon", eps: float = 1e-7,
 
     f.defvjp(fwd, bwd)
     return f(G)
+
+
+# ----------------------------------------------------------------------------- memory scan
+_MLP_ACT = {"silu": 0, "gelu": 1}
+_MLP_OBJ = {"l2": 0, "dot": 1}
+_MLP_KERNEL = {"auto": 0, "step": 0, "persistent": 1}  # NLCORE_MEMORY_MLP_FLAG_*
+_MLP_FIELDS = ("w_in", "w_out", "p_in", "p_out", "acc_in", "acc_out", "acc_g", "n")
+
+
+def _counts_in(n):
+    """The state's token counts for the C API's INT64 n: int64 [N] as is (jax_enable_x64),
+    else int32 [N, 2], the little-endian words of each int64 (high word 0)."""
+    if n.dtype == jnp.int64:
+        return n
+    n = n.astype(jnp.int32)
+    return jnp.stack([n, jnp.zeros_like(n)], axis=-1)
+
+
+def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum: float = 0.0,
+                    activation: str = "silu", residual: bool = True, objective: str = "l2",
+                    self_target: bool = False, dgd_erase: bool = True, initial_state=None,
+                    output_final_state: bool = False, cu_seqlens=None, *,
+                    checkpoint_every: int = 16, kernel: str = "auto"):
+    """The traced form of nlcore.jax.memory_mlp_scan: the FFI custom calls (forward and the
+    explicit second-order backward) with a custom_vjp."""
+    from ._state import MLPMemoryState
+    op = "memory_mlp_scan"
+    _check_backend(op)
+    load()
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"nlcore.jax.{op}: chunk_size must be an int >= 1, got {chunk_size!r}")
+    if activation not in _MLP_ACT:
+        raise ValueError(f"nlcore.jax.{op}: activation must be 'silu' or 'gelu', got "
+                         f"{activation!r}")
+    if objective not in _MLP_OBJ:
+        raise ValueError(f"nlcore.jax.{op}: objective must be 'l2' or 'dot', got {objective!r}")
+    if kernel not in _MLP_KERNEL:
+        raise ValueError(f"nlcore.jax.{op}: kernel must be one of {sorted(_MLP_KERNEL)}, got "
+                         f"{kernel!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 1:
+        raise ValueError(f"nlcore.jax.{op}: checkpoint_every must be an int >= 1, got "
+                         f"{checkpoint_every!r}")
+    if initial_state is not None:
+        if w_in is not None or w_out is not None:
+            raise ValueError(f"nlcore.jax.{op}: pass either w_in/w_out or initial_state, not "
+                             f"both")
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 8:
+            raise ValueError(f"nlcore.jax.{op}: initial_state must be an MLPMemoryState (or an "
+                             f"8-tuple)")
+        st = dict(zip(_MLP_FIELDS, initial_state))
+    elif w_in is None or w_out is None:
+        raise ValueError(f"nlcore.jax.{op}: w_in and w_out are required without initial_state")
+    else:
+        st = dict(w_in=w_in, w_out=w_out)
+    xa = _aval(x)
+    if xa.ndim != 4 or _aval(k).shape != xa.shape or _aval(v).shape != xa.shape:
+        raise ValueError(f"nlcore.jax.{op}: x, k, v must be [B, T, H, D] of one shape; got "
+                         f"{xa.shape}, {_aval(k).shape}, {_aval(v).shape}")
+    if not (xa.dtype == _aval(k).dtype == _aval(v).dtype) \
+            or xa.dtype not in [np.dtype(d) for d in _FLOATS]:
+        raise TypeError(f"nlcore.jax.{op}: x, k, v must share one dtype among float32, "
+                        f"bfloat16, float16 on CUDA; got {xa.dtype}, {_aval(k).dtype}, "
+                        f"{_aval(v).dtype}")
+    B, T, H, D = xa.shape
+    N = B
+    if cu_seqlens is not None:
+        ca = _aval(cu_seqlens)
+        if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
+            raise ValueError(f"nlcore.jax.{op}: cu_seqlens must be a 1-D int32/int64 array "
+                             f"with batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
+        N = ca.shape[0] - 1
+    wa = _aval(st["w_in"])
+    if wa.ndim not in (3, 4):
+        raise ValueError(f"nlcore.jax.{op}: w_in must be [H, F, D] or [N, H, F, D], got "
+                         f"{wa.shape}")
+    Fh = wa.shape[-2]
+    lead = () if wa.ndim == 3 else (N,)
+    want = dict(eta=(B, T, H), g=(B, T, H), w_in=lead + (H, Fh, D), w_out=lead + (H, D, Fh),
+                p_in=(N, H, Fh, D), p_out=(N, H, D, Fh), acc_in=(N, H, Fh, D),
+                acc_out=(N, H, D, Fh), acc_g=(N, H), n=(N,))
+    given = dict(eta=eta, g=g, **st)
+    for name, t in given.items():
+        if t is not None and _aval(t).shape != want[name]:
+            raise ValueError(f"nlcore.jax.{op}: {name} must be {want[name]}, got "
+                             f"{_aval(t).shape}")
+    if B * T == 0 or N == 0:
+        raise ValueError(f"nlcore.jax.{op}: empty problems (B, T or N = 0) run eagerly only")
+    flags = dict(chunk_size=np.int64(chunk_size), momentum=np.float32(momentum),
+                 activation=np.int32(_MLP_ACT[activation]),
+                 objective=np.int32(_MLP_OBJ[objective]), residual=np.int32(bool(residual)),
+                 self_target=np.int32(bool(self_target)), dgd_erase=np.int32(bool(dgd_erase)),
+                 has_g=np.int32(g is not None),
+                 has_initial_state=np.int32(initial_state is not None),
+                 varlen=np.int32(cu_seqlens is not None),
+                 checkpoint_every=np.int64(checkpoint_every),
+                 flags=np.int32(_MLP_KERNEL[kernel]))
+    order = ("x", "k", "v", "eta", "g", "w_in", "w_out", "p_in", "p_out", "acc_in", "acc_out",
+             "acc_g", "n", "cu_seqlens")
+    given.update(x=x, k=k, v=v, cu_seqlens=cu_seqlens)
+    names = [n for n in order if given.get(n) is not None]
+    f32 = ("eta", "g", "w_in", "w_out", "p_in", "p_out", "acc_in", "acc_out", "acc_g")
+    none_f, none_i = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.int32)
+    s_in, s_out = (N, H, Fh, D), (N, H, D, Fh)
+    n_type = (jax.ShapeDtypeStruct((N,), jnp.int64) if jax.config.read("jax_enable_x64")
+              else jax.ShapeDtypeStruct((N, 2), jnp.int32))
+    F32 = jnp.float32
+    out_types = (jax.ShapeDtypeStruct((B, T, H, D), xa.dtype),
+                 jax.ShapeDtypeStruct(s_in, F32), jax.ShapeDtypeStruct(s_out, F32),
+                 jax.ShapeDtypeStruct(s_in, F32), jax.ShapeDtypeStruct(s_out, F32),
+                 jax.ShapeDtypeStruct(s_in, F32), jax.ShapeDtypeStruct(s_out, F32),
+                 jax.ShapeDtypeStruct((N, H), F32), n_type)
+
+    def operands(xs):
+        d = dict(zip(names, xs))
+        out = []
+        for n in order:
+            t = d.get(n)
+            if t is None:
+                t = none_i if n in ("n", "cu_seqlens") else none_f
+            elif n in f32:
+                t = t.astype(F32)
+            elif n == "n":
+                t = _counts_in(t)
+            out.append(t)
+        return out
+
+    def forward(xs):
+        outs = jax.ffi.ffi_call("nlcore_mlp_fwd", out_types, vmap_method="sequential")(
+            *operands(xs), **flags)
+        n_f = outs[8] if outs[8].ndim == 1 else outs[8][:, 0]
+        return tuple(outs[:8]) + (n_f,)
+
+    @jax.custom_vjp
+    def f(*xs):
+        return forward(xs)
+
+    def fwd(*xs):
+        return forward(xs), xs
+
+    def bwd(xs, cts):
+        ops_ = operands(xs)
+        gy = cts[0].astype(xa.dtype)
+        finals = [c.astype(F32) for c in cts[1:8]]
+        w_lead = lead
+        g_types = (jax.ShapeDtypeStruct((B, T, H, D), xa.dtype),) * 3 + (
+            jax.ShapeDtypeStruct((B, T, H), F32),
+            jax.ShapeDtypeStruct((B, T, H) if g is not None else (0,), F32),
+            jax.ShapeDtypeStruct(w_lead + (H, Fh, D), F32),
+            jax.ShapeDtypeStruct(w_lead + (H, D, Fh), F32))
+        if initial_state is not None:
+            g_types += (jax.ShapeDtypeStruct(s_in, F32), jax.ShapeDtypeStruct(s_out, F32),
+                        jax.ShapeDtypeStruct(s_in, F32), jax.ShapeDtypeStruct(s_out, F32),
+                        jax.ShapeDtypeStruct((N, H), F32))
+        else:
+            g_types += (jax.ShapeDtypeStruct((0,), F32),) * 5
+        grads = jax.ffi.ffi_call("nlcore_mlp_bwd", g_types, vmap_method="sequential")(
+            *ops_, gy, *finals, **flags)
+        by_name = dict(zip(("x", "k", "v", "eta", "g", "w_in", "w_out", "p_in", "p_out",
+                            "acc_in", "acc_out", "acc_g"), grads))
+        res = []
+        for n, t in zip(names, xs):
+            if n in ("n", "cu_seqlens"):
+                res.append(np.zeros(_aval(t).shape, dtype=jax.dtypes.float0))
+            else:
+                res.append(by_name[n].astype(_aval(t).dtype))
+        return tuple(res)
+
+    f.defvjp(fwd, bwd)
+    outs = f(*[given[n] for n in names])
+    return outs[0], (MLPMemoryState(*outs[1:]) if output_final_state else None)

@@ -15,11 +15,12 @@ backward kernels. So `jax.grad`, `jax.vjp` and `jax.value_and_grad` work (eagerl
 inputs (cu_seqlens, the state's token counts n) get no gradient (a zero/float0 cotangent).
 
 Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays)
-`dgd`, `gated_delta_rule` and `newton_schulz` run nlcore's CUDA kernels as XLA FFI custom
-calls (`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable
-through custom_vjps (dgd: its backward kernel; newton_schulz: JAX autodiff of the same
-iteration). The scans have only the eager path and raise a RuntimeError naming themselves
-under such transformations: call them outside `jit`. This module needs JAX and is not
+`dgd`, `gated_delta_rule`, `memory_mlp_scan` and `newton_schulz` run nlcore's CUDA kernels as
+XLA FFI custom calls (`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only),
+differentiable through custom_vjps (dgd, memory_mlp_scan: their backward kernels;
+newton_schulz: JAX autodiff of the same iteration). `self_modifying_scan` has only the eager
+path and raises a RuntimeError naming itself under such transformations: call it outside
+`jit`. This module needs JAX and is not
 imported by `import nlcore`.
 """
 from __future__ import annotations
@@ -86,8 +87,8 @@ def _eager_only(op: str, xs: Sequence[Any]) -> None:
                 f"nlcore.jax.{op}: got a traced array ({type(x).__name__}): the op only has an "
                 f"eager path, so it cannot run under jax.jit, jax.vmap, jax.lax control flow or "
                 f"other tracing transformations. Call nlcore.jax.{op} eagerly (outside jit; "
-                f"jax.grad / jax.vjp work eagerly); only dgd, gated_delta_rule and newton_schulz "
-                f"have XLA FFI kernels for jit so far.")
+                f"jax.grad / jax.vjp work eagerly); dgd, gated_delta_rule, memory_mlp_scan and "
+                f"newton_schulz have XLA FFI kernels for jit, this op not yet.")
 
 
 def _staged(*xs) -> bool:
@@ -244,6 +245,14 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
     arrays or None). initial_state: an `MLPMemoryState` (or 8-tuple) of JAX arrays."""
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         initial_state = tuple(initial_state)
+    if _staged(x, k, v, eta, w_in, w_out, g, cu_seqlens, *(initial_state or ())):
+        from . import _jax_ffi
+        return _jax_ffi.memory_mlp_scan(
+            x, k, v, eta, w_in, w_out, chunk_size, g=g, momentum=momentum,
+            activation=activation, residual=residual, objective=objective,
+            self_target=self_target, dgd_erase=dgd_erase, initial_state=initial_state,
+            output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+            checkpoint_every=checkpoint_every, kernel=kernel)
     return _apply("memory_mlp_scan", _ops.memory_mlp_scan,
                   dict(x=x, k=k, v=v, eta=eta, w_in=w_in, w_out=w_out, g=g,
                        initial_state=initial_state, cu_seqlens=cu_seqlens),

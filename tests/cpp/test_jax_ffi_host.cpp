@@ -1,5 +1,5 @@
 // Host-only tests of the XLA FFI handlers' argument checks (csrc/jax/ffi.cpp, no GPU, no XLA
-// runtime): the DGD and Newton–Schulz problems are built from fake FFI buffers (fake device
+// runtime): the DGD, Newton–Schulz and memory-scan problems are built from fake FFI buffers (fake device
 // pointers, never dereferenced), and every mismatched shape, dtype or attribute comes back as an
 // INVALID_ARGUMENT error naming the operand, before any kernel. ffi.cpp is compiled into this
 // test so its internal helpers are reachable. Prints "N passed, M failed".
@@ -141,10 +141,85 @@ void test_newton_schulz() {
   CHECK(has(e, "flags"), "unknown flag: %s", e.message().c_str());
 }
 
+// A valid MLP-memory-scan problem: B 2, T 40, H 2, D 32, F 64, per-sequence weights, an
+// initial state with n as int32 [N, 2] (the int64 words).
+struct Mlp {
+  Buf x{DT::BF16, {2, 40, 2, 32}}, k{DT::BF16, {2, 40, 2, 32}}, v{DT::BF16, {2, 40, 2, 32}};
+  Buf eta{DT::F32, {2, 40, 2}}, g{DT::F32, {0}};
+  Buf w_in{DT::F32, {2, 2, 64, 32}}, w_out{DT::F32, {2, 2, 32, 64}};
+  Buf p_in{DT::F32, {2, 2, 64, 32}}, p_out{DT::F32, {2, 2, 32, 64}};
+  Buf acc_in{DT::F32, {2, 2, 64, 32}}, acc_out{DT::F32, {2, 2, 32, 64}}, acc_g{DT::F32, {2, 2}};
+  Buf n{DT::S32, {2, 2}}, cu{DT::S32, {0}};
+  MlpAttrs a{8, 0.5f, 0, 0, 1, 1, 1, 0, 1, 0, 16, 0};
+
+  ffi::Error check(nlcore_memory_mlp_problem_t* p) const {
+    const MlpIn in{x.any(),     k.any(),      v.any(),       eta.any(),    g.any(),
+                   w_in.any(),  w_out.any(),  p_in.any(),    p_out.any(),  acc_in.any(),
+                   acc_out.any(), acc_g.any(), n.any(),      cu.any()};
+    int64_t F = 0;
+    ffi::Error e = mlp_problem(in, a, p, &F);
+    if (e.failure()) return e;
+    size_t bytes = 0;
+    nlcore_status_t st = nlcore_memory_mlp_workspace_size(p, 1, &bytes);
+    return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error("memory_mlp_scan", st);
+  }
+};
+
+void test_memory_mlp() {
+  nlcore_memory_mlp_problem_t p;
+  {
+    Mlp m;
+    ffi::Error e = m.check(&p);
+    CHECK(e.success(), "valid memory_mlp problem rejected: %s", e.message().c_str());
+    CHECK(p.batch == 2 && p.seqlen == 40 && p.num_sequences == 2 && p.heads == 2 &&
+              p.head_dim == 32 && p.hidden_dim == 64 && p.weights_shared == 0 &&
+              p.has_initial_state == 1 && p.chunk_size == 8 && p.checkpoint_every == 16,
+          "memory_mlp problem fields");
+    m.n = Buf(DT::S64, {2});  // int64 [N] (jax_enable_x64) is accepted too
+    CHECK(m.check(&p).success(), "int64 n rejected");
+  }
+  struct Case {
+    const char* name;
+    void (*edit)(Mlp&);
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"x rank 3", [](Mlp& m) { m.x = Buf(DT::BF16, {2, 40, 64}); }, "x must be [B, T, H, D]"},
+      {"k shape", [](Mlp& m) { m.k = Buf(DT::BF16, {2, 39, 2, 32}); }, "k must be [2, 40, 2, 32]"},
+      {"v dtype", [](Mlp& m) { m.v = Buf(DT::F16, {2, 40, 2, 32}); }, "k and v must have x's dtype"},
+      {"eta shape", [](Mlp& m) { m.eta = Buf(DT::F32, {2, 40}); }, "eta must be [2, 40, 2]"},
+      {"eta dtype", [](Mlp& m) { m.eta = Buf(DT::BF16, {2, 40, 2}); }, "float32"},
+      {"g missing", [](Mlp& m) { m.a.has_g = 1; }, "g must be [2, 40, 2]"},
+      {"w_out shape", [](Mlp& m) { m.w_out = Buf(DT::F32, {2, 2, 64, 32}); }, "w_out must be [2, 2, 32, 64]"},
+      {"p_in shape", [](Mlp& m) { m.p_in = Buf(DT::F32, {1, 2, 64, 32}); }, "p_in must be"},
+      {"acc_g shape", [](Mlp& m) { m.acc_g = Buf(DT::F32, {2}); }, "acc_g must be [2, 2]"},
+      {"n int32 [N]", [](Mlp& m) { m.n = Buf(DT::S32, {2}); }, "n must be int64 [N] or int32 [N, 2]"},
+      {"acc_in dtype", [](Mlp& m) { m.acc_in = Buf(DT::BF16, {2, 2, 64, 32}); }, "must be float32"},
+      {"shared weights with a state", [](Mlp& m) {
+         m.w_in = Buf(DT::F32, {2, 64, 32}); m.w_out = Buf(DT::F32, {2, 32, 64}); }, "weights_shared"},
+      {"chunk_size 0", [](Mlp& m) { m.a.chunk_size = 0; }, "chunk_size"},
+      {"activation 7", [](Mlp& m) { m.a.activation = 7; }, "activation"},
+      {"hidden 48", [](Mlp& m) {
+         m.w_in = Buf(DT::F32, {2, 2, 48, 32}); m.w_out = Buf(DT::F32, {2, 2, 32, 48});
+         m.p_in = Buf(DT::F32, {2, 2, 48, 32}); m.p_out = Buf(DT::F32, {2, 2, 32, 48});
+         m.acc_in = Buf(DT::F32, {2, 2, 48, 32}); m.acc_out = Buf(DT::F32, {2, 2, 32, 48}); },
+       "hidden_dim"},
+      {"varlen with B 2", [](Mlp& m) { m.a.varlen = 1; m.cu = Buf(DT::S32, {3}); }, "batch"},
+  };
+  for (const Case& c : cases) {
+    Mlp m;
+    c.edit(m);
+    ffi::Error e = m.check(&p);
+    CHECK(e.failure() && e.errc() == ffi::ErrorCode::kInvalidArgument, "%s: accepted", c.name);
+    CHECK(has(e, c.needle), "%s: message '%s' lacks '%s'", c.name, e.message().c_str(), c.needle);
+  }
+}
+
 }  // namespace
 
 int main() {
   test_dgd();
   test_newton_schulz();
+  test_memory_mlp();
   return nlcore_test::check_summary();
 }
