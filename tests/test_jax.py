@@ -240,31 +240,26 @@ def test_dlpack_zero_copy(monkeypatch, x32):
     assert seen["out"] == out.unsafe_buffer_pointer()
 
 
-def test_jit_and_vmap_raise(x32):
-    # the self-modifying scan is eager only: a clear error under any tracing transformation
+def test_jit_and_vmap_on_a_cpu_backend_raise(x32):
+    """Under jit / vmap every op is an XLA FFI custom call on CUDA; on this CPU backend that is
+    a clear error at trace time, naming the op (eagerly the same ops run: the tests above)."""
     x = jnp.ones((1, 6, 1, 4), dtype=jnp.float32)
     w_in, w_out = jnp.ones((4, 1, 8, 4)), jnp.ones((4, 1, 4, 8))
     w_eta = w_alpha = jnp.ones((1, 4))
-
-    def scan(x):
-        return nj.self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, 2)[0]
-
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.self_modifying_scan.*eager"):
-        jax.jit(scan)(x)
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.self_modifying_scan.*jax\.jit"):
-        jax.vmap(scan)(x[None])
     eta = jnp.ones((1, 6, 1))
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.memory_mlp_scan under jax\.jit.*CUDA"):
-        jax.jit(lambda x: nj.memory_mlp_scan(x, x, x, eta, w_in[0], w_out[0], 2)[0])(x)
-    # newton_schulz and dgd have XLA FFI kernels for jit, CUDA only: on a CPU backend that is
-    # said at trace time
-    G = jnp.ones((2, 4, 3), dtype=jnp.float32)
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.newton_schulz under jax\.jit.*CUDA"):
-        jax.jit(nj.newton_schulz)(G)
-    q = jnp.ones((1, 4, 1, 8), dtype=jnp.float32)
-    # dgd has XLA FFI kernels for jit, CUDA only: on a CPU backend that is said at trace time
-    with pytest.raises(RuntimeError, match=r"nlcore\.jax\.dgd under jax\.jit.*needs a CUDA GPU"):
-        jax.jit(lambda q: nj.dgd(q, q, q, q[..., 0])[0])(q)
+    cases = {
+        "self_modifying_scan": lambda x: nj.self_modifying_scan(x, w_in, w_out, w_eta, w_alpha,
+                                                                2)[0],
+        "memory_mlp_scan": lambda x: nj.memory_mlp_scan(x, x, x, eta, w_in[0], w_out[0], 2)[0],
+        "newton_schulz": lambda x: nj.newton_schulz(x[0]),
+        "dgd": lambda x: nj.dgd(x, x, x, x[..., 0])[0],
+    }
+    for name, fn in cases.items():
+        with pytest.raises(RuntimeError, match=rf"nlcore\.jax\.{name} under jax\.jit.*needs a "
+                                               rf"CUDA GPU.*eagerly"):
+            jax.jit(fn)(x)
+        with pytest.raises(RuntimeError, match=rf"nlcore\.jax\.{name} under jax\.jit"):
+            jax.vmap(fn)(x[None])
 
 
 def test_bad_inputs_give_the_torch_errors(x64):

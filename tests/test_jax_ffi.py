@@ -1,9 +1,9 @@
 """nlcore.jax under jax.jit: the XLA FFI path (issue 10; csrc/jax/ffi.cpp, nlcore/_jax_ffi.py).
 
 Without a GPU (CI): the FFI library loads and exports its handlers, and jitted programs —
-dgd forward, jax.grad, vmap, gated_delta_rule, every optional input; memory_mlp_scan forward
-and backward, with an initial state and varlen; newton_schulz with its coefficient attributes,
-grad and vmap — lower for CUDA
+dgd forward, jax.grad, vmap, gated_delta_rule, every optional input; memory_mlp_scan and
+self_modifying_scan forward and backward, with an initial state and varlen; newton_schulz with
+its coefficient attributes, grad and vmap — lower for CUDA
 (jax.export, platforms=["cuda"]) to the custom calls with the right operands, results and
 attributes; bad input is a clear error at trace time. On a GPU with a CUDA jaxlib: jitted
 results and gradients equal the eager (torch) op's.
@@ -243,6 +243,26 @@ def test_jit_matches_the_eager_op_on_gpu(ffi_lib):
     for a, b in zip(got[1], want[1]):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-12
+    # the self-modifying scan, per-sequence weights and biases
+    w_in4 = jnp.asarray(rng.standard_normal((4, B, H, F_, D)) / np.sqrt(D), jnp.float32)
+    w_out4 = jnp.asarray(rng.standard_normal((4, B, H, D, F_)) / np.sqrt(F_), jnp.float32)
+    w_eta = jnp.asarray(rng.standard_normal((H, D)) / np.sqrt(D), jnp.float32)
+    w_alpha = jnp.asarray(rng.standard_normal((H, D)) / np.sqrt(D), jnp.float32)
+    b_alpha = jnp.asarray(rng.standard_normal(H) + 2.0, jnp.float32)
+
+    def sm_loss(x, w_in4, w_out4, w_eta, w_alpha, b_alpha):
+        k_, v_, e_, g_, fin = nj.self_modifying_scan(
+            x, w_in4, w_out4, w_eta, w_alpha, C, eta_max=0.05, b_alpha=b_alpha, momentum=0.5,
+            output_final_state=True)
+        return ((k_ * v_).sum() + e_.sum() + g_.sum() + (fin.w_in ** 2).sum())
+
+    args = (x, w_in4, w_out4, w_eta, w_alpha, b_alpha)
+    want = jax.value_and_grad(sm_loss, argnums=tuple(range(6)))(*args)
+    got = jax.jit(jax.value_and_grad(sm_loss, argnums=tuple(range(6))))(*args)
+    assert abs(float(got[0]) - float(want[0])) <= 1e-5 * abs(float(want[0]))
+    for a, b in zip(got[1], want[1]):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b) + 1e-12
 
 
 # ----------------------------------------------------------------------------- Newton–Schulz
@@ -398,3 +418,58 @@ def test_memory_scan_bad_input_at_trace_time(for_cuda):
         statics.update({n: t for n, t in over.items() if isinstance(t, (int, str))})
         with pytest.raises(exc, match=match):
             jax.jit(lambda a: nj.memory_mlp_scan(**a, **statics)[0])(arrays)
+
+
+# ----------------------------------------------------------------------------- self-modifying
+def test_self_modifying_scan_lowers(for_cuda):
+    B, T, H, D, F_ = 1, 33, 2, 32, 64
+    x = S((B, T, H, D), jnp.bfloat16)
+    w_eta = w_alpha = S((H, D), jnp.float32)
+    b = S((H,), jnp.float32)
+    N = 3
+    cu = S((N + 1,), jnp.int32)
+    state = [S((4, N, H, F_, D), jnp.float32), S((4, N, H, D, F_), jnp.float32),
+             S((4, N, H, F_, D), jnp.float32), S((4, N, H, D, F_), jnp.float32),
+             S((4, N, H, F_, D), jnp.float32), S((4, N, H, D, F_), jnp.float32),
+             S((N, H), jnp.float32), S((N,), jnp.int32)]
+
+    def loss(x, w_eta, w_alpha, b, cu, *st):
+        k, v, eta, g, fin = nj.self_modifying_scan(
+            x, None, None, w_eta, w_alpha, 6, eta_max=0.1, b_alpha=b, momentum=0.5,
+            initial_state=st, output_final_state=True, cu_seqlens=cu)
+        return (k.astype(jnp.float32).sum() + v.astype(jnp.float32).sum() + eta.sum()
+                + g.sum() + fin.acc_in.sum())
+
+    argn = (0, 1, 2, 3, 5, 8, 11)
+    vg = jax.value_and_grad(loss, argnums=argn)
+    text = lower_for_cuda(vg, x, w_eta, w_alpha, b, cu, *state)
+    (fwd,) = calls(text, "nlcore_sm_fwd")
+    (bwd,) = calls(text, "nlcore_sm_bwd")
+    a = attrs(fwd)
+    assert a == attrs(bwd)
+    assert a["has_b_eta"] == "0" and a["has_b_alpha"] == "1" and a["has_initial_state"] == "1"
+    assert a["varlen"] == "1" and float(a["eta_max"]) == pytest.approx(0.1)
+    res = fwd.split("->")[-1]
+    assert "tensor<1x33x2x32xbf16>" in res and "tensor<4x3x2x64x32xf32>" in res
+    assert "tensor<3x2xi32>" in res
+    _, grads = jax.eval_shape(jax.jit(vg), x, w_eta, w_alpha, b, cu, *state)
+    wants = [x, w_eta, w_alpha, b, state[0], state[3], state[6]]
+    for got, want in zip(grads, wants):
+        assert got.shape == want.shape and got.dtype == want.dtype
+
+
+def test_self_modifying_bad_input_at_trace_time(for_cuda):
+    x = jnp.zeros((2, 10, 2, 32), jnp.float32)
+    w_in, w_out = jnp.zeros((4, 2, 64, 32)), jnp.zeros((4, 2, 32, 64))
+    w_eta = jnp.zeros((2, 32))
+    cases = [(dict(w_in=w_in[:3]), ValueError, r"w_in must be \[4, H, F, D\]"),
+             (dict(w_eta=w_eta[:, :16]), ValueError, r"w_eta must be \(2, 32\)"),
+             (dict(eta_max=0.0), ValueError, r"eta_max must be a finite number > 0"),
+             (dict(chunk_size=0), ValueError, r"chunk_size must be an int >= 1")]
+    for over, exc, match in cases:
+        arrays = dict(x=x, w_in=w_in, w_out=w_out, w_eta=w_eta, w_alpha=w_eta)
+        arrays.update({n: t for n, t in over.items() if not isinstance(t, (int, float))})
+        statics = dict(chunk_size=4)
+        statics.update({n: t for n, t in over.items() if isinstance(t, (int, float))})
+        with pytest.raises(exc, match=match):
+            jax.jit(lambda a: nj.self_modifying_scan(**a, **statics)[0])(arrays)

@@ -1,8 +1,9 @@
-// XLA FFI handlers over the nlcore C API (issue 10): the DGD and MLP-memory-scan forward and
-// backward and the Newton–Schulz forward as typed XLA custom calls for JAX on CUDA, so
-// `nlcore.jax.dgd`, `memory_mlp_scan` and `newton_schulz` run under `jax.jit`
-// (python/nlcore/_jax_ffi.py registers them with jax.ffi.register_ffi_target). Built as libnlcore_jax_ffi.so against
-// libnlcore_cuda.so and the FFI headers of jaxlib (jax.ffi.include_dir()); no torch, no Python.
+// XLA FFI handlers over the nlcore C API (issue 10): the forward and backward of DGD, the MLP
+// memory scan and the self-modifying scan, and the Newton–Schulz forward, as typed XLA custom
+// calls for JAX on CUDA, so every op of `nlcore.jax` runs under `jax.jit`
+// (python/nlcore/_jax_ffi.py registers them with jax.ffi.register_ffi_target). Built as
+// libnlcore_jax_ffi.so against libnlcore_cuda.so and the FFI headers of jaxlib
+// (jax.ffi.include_dir()); no torch, no Python.
 //
 // Every optional tensor of the C API (g, erase, initial_state, cu_seqlens, grad_final_state)
 // is always an operand: the has_* attributes say whether it is real, and an absent one is a
@@ -444,11 +445,11 @@ void mlp_tensors(const MlpIn& in, const MlpAttrs& a, nlcore_memory_mlp_tensors_t
 }
 
 // A result buffer's shape and dtype (the C API writes exactly that many elements).
-ffi::Error expect_result(const char* name, ffi::Result<ffi::AnyBuffer>& r,
+ffi::Error expect_result(const char* op, const char* name, ffi::Result<ffi::AnyBuffer>& r,
                          const std::vector<int64_t>& dims, nlcore_dtype_t dtype) {
-  ffi::Error e = expect_dims("memory_mlp_scan", name, r->dimensions(), dims);
+  ffi::Error e = expect_dims(op, name, r->dimensions(), dims);
   if (e.success() && to_nlcore(r->element_type()) != dtype)
-    e = ffi::Error::InvalidArgument(std::string("nlcore memory_mlp_scan: ") + name +
+    e = ffi::Error::InvalidArgument(std::string("nlcore ") + op + ": " + name +
                                     " has the wrong dtype");
   return e;
 }
@@ -474,14 +475,14 @@ ffi::Error MemoryMlpForwardImpl(
   if (e.failure()) return e;
   const int64_t N = p.num_sequences, H = p.heads, D = p.head_dim;
   const nlcore_dtype_t f32 = NLCORE_DTYPE_FLOAT32;
-  if ((e = expect_result("y", y, {p.batch, p.seqlen, H, D}, p.dtype)).failure() ||
-      (e = expect_result("w_in_final", w_in_f, {N, H, F, D}, f32)).failure() ||
-      (e = expect_result("w_out_final", w_out_f, {N, H, D, F}, f32)).failure() ||
-      (e = expect_result("p_in_final", p_in_f, {N, H, F, D}, f32)).failure() ||
-      (e = expect_result("p_out_final", p_out_f, {N, H, D, F}, f32)).failure() ||
-      (e = expect_result("acc_in_final", acc_in_f, {N, H, F, D}, f32)).failure() ||
-      (e = expect_result("acc_out_final", acc_out_f, {N, H, D, F}, f32)).failure() ||
-      (e = expect_result("acc_g_final", acc_g_f, {N, H}, f32)).failure())
+  if ((e = expect_result("memory_mlp_scan", "y", y, {p.batch, p.seqlen, H, D}, p.dtype)).failure() ||
+      (e = expect_result("memory_mlp_scan", "w_in_final", w_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "w_out_final", w_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "p_in_final", p_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "p_out_final", p_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "acc_in_final", acc_in_f, {N, H, F, D}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "acc_out_final", acc_out_f, {N, H, D, F}, f32)).failure() ||
+      (e = expect_result("memory_mlp_scan", "acc_g_final", acc_g_f, {N, H}, f32)).failure())
     return e;
   if (!int64_counts(n_f->element_type(), n_f->dimensions(), N))
     return ffi::Error::InvalidArgument(
@@ -551,22 +552,22 @@ ffi::Error MemoryMlpBackwardImpl(
   if (to_nlcore(grad_y.element_type()) != p.dtype)
     return ffi::Error::InvalidArgument("nlcore memory_mlp_scan: grad_y must have x's dtype");
   const bool shared = p.weights_shared != 0;
-  if ((e = expect_result("dx", dx, {B, T, H, D}, p.dtype)).failure() ||
-      (e = expect_result("dk", dk, {B, T, H, D}, p.dtype)).failure() ||
-      (e = expect_result("dv", dv, {B, T, H, D}, p.dtype)).failure() ||
-      (e = expect_result("deta", deta, {B, T, H}, f32)).failure() ||
-      (has_g && (e = expect_result("dg", dg, {B, T, H}, f32)).failure()) ||
-      (e = shared ? expect_result("dw_in", dw_in, {H, F, D}, f32)
-                  : expect_result("dw_in", dw_in, {N, H, F, D}, f32)).failure() ||
-      (e = shared ? expect_result("dw_out", dw_out, {H, D, F}, f32)
-                  : expect_result("dw_out", dw_out, {N, H, D, F}, f32)).failure())
+  if ((e = expect_result("memory_mlp_scan", "dx", dx, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("memory_mlp_scan", "dk", dk, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("memory_mlp_scan", "dv", dv, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result("memory_mlp_scan", "deta", deta, {B, T, H}, f32)).failure() ||
+      (has_g && (e = expect_result("memory_mlp_scan", "dg", dg, {B, T, H}, f32)).failure()) ||
+      (e = shared ? expect_result("memory_mlp_scan", "dw_in", dw_in, {H, F, D}, f32)
+                  : expect_result("memory_mlp_scan", "dw_in", dw_in, {N, H, F, D}, f32)).failure() ||
+      (e = shared ? expect_result("memory_mlp_scan", "dw_out", dw_out, {H, D, F}, f32)
+                  : expect_result("memory_mlp_scan", "dw_out", dw_out, {N, H, D, F}, f32)).failure())
     return e;
   if (has_initial_state &&
-      ((e = expect_result("dp_in", dp_in, {N, H, F, D}, f32)).failure() ||
-       (e = expect_result("dp_out", dp_out, {N, H, D, F}, f32)).failure() ||
-       (e = expect_result("dacc_in", dacc_in, {N, H, F, D}, f32)).failure() ||
-       (e = expect_result("dacc_out", dacc_out, {N, H, D, F}, f32)).failure() ||
-       (e = expect_result("dacc_g", dacc_g, {N, H}, f32)).failure()))
+      ((e = expect_result("memory_mlp_scan", "dp_in", dp_in, {N, H, F, D}, f32)).failure() ||
+       (e = expect_result("memory_mlp_scan", "dp_out", dp_out, {N, H, D, F}, f32)).failure() ||
+       (e = expect_result("memory_mlp_scan", "dacc_in", dacc_in, {N, H, F, D}, f32)).failure() ||
+       (e = expect_result("memory_mlp_scan", "dacc_out", dacc_out, {N, H, D, F}, f32)).failure() ||
+       (e = expect_result("memory_mlp_scan", "dacc_g", dacc_g, {N, H}, f32)).failure()))
     return e;
   nlcore_memory_mlp_tensors_t t;
   mlp_tensors(in, a, &t);
@@ -601,6 +602,277 @@ ffi::Error MemoryMlpBackwardImpl(
                                      : api_error("memory_mlp_scan backward", st);
 }
 
+
+// ---- self-modifying memories (nlcore/self_modifying.h) ------------------------------------------
+// Operands: x, w_in, w_out, w_eta, w_alpha, b_eta, b_alpha, p_in, p_out, acc_in, acc_out, acc_g,
+// n, cu_seqlens (absent ones zero-size placeholders; n as for the memory scan). M = 4 memories.
+struct SmIn {
+  const ffi::AnyBuffer &x, &w_in, &w_out, &w_eta, &w_alpha, &b_eta, &b_alpha, &p_in, &p_out,
+      &acc_in, &acc_out, &acc_g, &n, &cu;
+};
+
+struct SmAttrs {
+  int64_t chunk_size;
+  float eta_max, momentum;
+  int32_t activation, dgd_erase, has_b_eta, has_b_alpha, has_initial_state, varlen;
+  int64_t checkpoint_every;
+  int32_t flags;
+};
+
+constexpr int64_t kMemories = 4;
+
+ffi::Error sm_problem(const SmIn& in, const SmAttrs& a, nlcore_self_modifying_problem_t* p,
+                      int64_t* F) {
+  const char* op = "self_modifying_scan";
+  auto xd = in.x.dimensions();
+  auto wd = in.w_in.dimensions();
+  if (xd.size() != 4)
+    return ffi::Error::InvalidArgument(
+        "nlcore self_modifying_scan: x must be [B, T, H, D], rank " + std::to_string(xd.size()));
+  if (wd.size() != 4 && wd.size() != 5)
+    return ffi::Error::InvalidArgument(
+        "nlcore self_modifying_scan: w_in must be [4, H, F, D] or [4, N, H, F, D]");
+  if (a.varlen && in.cu.dimensions().size() != 1)
+    return ffi::Error::InvalidArgument("nlcore self_modifying_scan: cu_seqlens must be rank 1");
+  const int64_t B = xd[0], T = xd[1], H = xd[2], D = xd[3];
+  const int64_t N = a.varlen ? in.cu.dimensions()[0] - 1 : B;
+  const bool shared = wd.size() == 4;
+  const int64_t Fv = wd[wd.size() - 2];
+  *F = Fv;
+  *p = nlcore_self_modifying_problem_t{};
+  p->batch = B;
+  p->seqlen = T;
+  p->num_sequences = N;
+  p->heads = static_cast<int32_t>(H);
+  p->head_dim = static_cast<int32_t>(D);
+  p->hidden_dim = static_cast<int32_t>(Fv);
+  p->dtype = to_nlcore(in.x.element_type());
+  p->chunk_size = a.chunk_size;
+  p->eta_max = a.eta_max;
+  p->momentum = a.momentum;
+  p->activation = a.activation;
+  p->dgd_erase = a.dgd_erase;
+  p->weights_shared = shared ? 1 : 0;
+  p->has_initial_state = a.has_initial_state;
+  p->checkpoint_every = a.checkpoint_every;
+  p->cu_seqlens = a.varlen ? in.cu.untyped_data() : nullptr;
+  p->cu_seqlens_dtype = a.varlen ? to_nlcore(in.cu.element_type()) : NLCORE_DTYPE_INT32;
+  p->flags = static_cast<uint32_t>(a.flags);
+  const int64_t M = kMemories;
+  ffi::Error e = shared ? expect_dims(op, "w_in", wd, {M, H, Fv, D})
+                        : expect_dims(op, "w_in", wd, {M, N, H, Fv, D});
+  if (e.success())
+    e = shared ? expect_dims(op, "w_out", in.w_out.dimensions(), {M, H, D, Fv})
+               : expect_dims(op, "w_out", in.w_out.dimensions(), {M, N, H, D, Fv});
+  if (e.success()) e = expect_dims(op, "w_eta", in.w_eta.dimensions(), {H, D});
+  if (e.success()) e = expect_dims(op, "w_alpha", in.w_alpha.dimensions(), {H, D});
+  if (e.success() && a.has_b_eta) e = expect_dims(op, "b_eta", in.b_eta.dimensions(), {H});
+  if (e.success() && a.has_b_alpha) e = expect_dims(op, "b_alpha", in.b_alpha.dimensions(), {H});
+  if (e.success() && a.has_initial_state) {
+    e = expect_dims(op, "p_in", in.p_in.dimensions(), {M, N, H, Fv, D});
+    if (e.success()) e = expect_dims(op, "p_out", in.p_out.dimensions(), {M, N, H, D, Fv});
+    if (e.success()) e = expect_dims(op, "acc_in", in.acc_in.dimensions(), {M, N, H, Fv, D});
+    if (e.success()) e = expect_dims(op, "acc_out", in.acc_out.dimensions(), {M, N, H, D, Fv});
+    if (e.success()) e = expect_dims(op, "acc_g", in.acc_g.dimensions(), {N, H});
+    if (e.success() && !int64_counts(in.n.element_type(), in.n.dimensions(), N))
+      e = ffi::Error::InvalidArgument("nlcore self_modifying_scan: n must be int64 [N] or "
+                                      "int32 [N, 2] (the int64 words), N = " + std::to_string(N));
+  }
+  if (e.failure()) return e;
+  std::vector<const ffi::AnyBuffer*> f32 = {&in.w_in, &in.w_out, &in.w_eta, &in.w_alpha};
+  if (a.has_b_eta) f32.push_back(&in.b_eta);
+  if (a.has_b_alpha) f32.push_back(&in.b_alpha);
+  if (a.has_initial_state)
+    for (const ffi::AnyBuffer* b : {&in.p_in, &in.p_out, &in.acc_in, &in.acc_out, &in.acc_g})
+      f32.push_back(b);
+  for (const ffi::AnyBuffer* b : f32)
+    if (b->element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument(
+          "nlcore self_modifying_scan: the weights, biases and state must be float32");
+  return ffi::Error::Success();
+}
+
+void sm_tensors(const SmIn& in, const SmAttrs& a, nlcore_self_modifying_tensors_t* t) {
+  *t = nlcore_self_modifying_tensors_t{};
+  t->x = in.x.untyped_data();
+  t->w_in = in.w_in.untyped_data();
+  t->w_out = in.w_out.untyped_data();
+  t->w_eta = in.w_eta.untyped_data();
+  t->w_alpha = in.w_alpha.untyped_data();
+  t->b_eta = data_if(in.b_eta, a.has_b_eta);
+  t->b_alpha = data_if(in.b_alpha, a.has_b_alpha);
+  t->p_in = data_if(in.p_in, a.has_initial_state);
+  t->p_out = data_if(in.p_out, a.has_initial_state);
+  t->acc_in = data_if(in.acc_in, a.has_initial_state);
+  t->acc_out = data_if(in.acc_out, a.has_initial_state);
+  t->acc_g = data_if(in.acc_g, a.has_initial_state);
+  t->n = data_if(in.n, a.has_initial_state);
+}
+
+ffi::Error SelfModifyingForwardImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer w_in,
+    ffi::AnyBuffer w_out, ffi::AnyBuffer w_eta, ffi::AnyBuffer w_alpha, ffi::AnyBuffer b_eta,
+    ffi::AnyBuffer b_alpha, ffi::AnyBuffer p_in, ffi::AnyBuffer p_out, ffi::AnyBuffer acc_in,
+    ffi::AnyBuffer acc_out, ffi::AnyBuffer acc_g, ffi::AnyBuffer n, ffi::AnyBuffer cu,
+    ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> v, ffi::Result<ffi::AnyBuffer> eta,
+    ffi::Result<ffi::AnyBuffer> g, ffi::Result<ffi::AnyBuffer> w_in_f,
+    ffi::Result<ffi::AnyBuffer> w_out_f, ffi::Result<ffi::AnyBuffer> p_in_f,
+    ffi::Result<ffi::AnyBuffer> p_out_f, ffi::Result<ffi::AnyBuffer> acc_in_f,
+    ffi::Result<ffi::AnyBuffer> acc_out_f, ffi::Result<ffi::AnyBuffer> acc_g_f,
+    ffi::Result<ffi::AnyBuffer> n_f, int64_t chunk_size, float eta_max, float momentum,
+    int32_t activation, int32_t dgd_erase, int32_t has_b_eta, int32_t has_b_alpha,
+    int32_t has_initial_state, int32_t varlen, int64_t checkpoint_every, int32_t flags) {
+  const SmIn in{x, w_in, w_out, w_eta, w_alpha, b_eta, b_alpha, p_in, p_out, acc_in, acc_out,
+                acc_g, n, cu};
+  const SmAttrs a{chunk_size, eta_max,     momentum,          activation, dgd_erase, has_b_eta,
+                  has_b_alpha, has_initial_state, varlen, checkpoint_every, flags};
+  nlcore_self_modifying_problem_t p;
+  int64_t F = 0;
+  ffi::Error e = sm_problem(in, a, &p, &F);
+  if (e.failure()) return e;
+  const int64_t B = p.batch, T = p.seqlen, N = p.num_sequences, H = p.heads, D = p.head_dim;
+  const int64_t M = kMemories;
+  const nlcore_dtype_t f32 = NLCORE_DTYPE_FLOAT32;
+  const char* op = "self_modifying_scan";
+  if ((e = expect_result(op, "k", k, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result(op, "v", v, {B, T, H, D}, p.dtype)).failure() ||
+      (e = expect_result(op, "eta", eta, {B, T, H}, f32)).failure() ||
+      (e = expect_result(op, "g", g, {B, T, H}, f32)).failure() ||
+      (e = expect_result(op, "w_in_final", w_in_f, {M, N, H, F, D}, f32)).failure() ||
+      (e = expect_result(op, "w_out_final", w_out_f, {M, N, H, D, F}, f32)).failure() ||
+      (e = expect_result(op, "p_in_final", p_in_f, {M, N, H, F, D}, f32)).failure() ||
+      (e = expect_result(op, "p_out_final", p_out_f, {M, N, H, D, F}, f32)).failure() ||
+      (e = expect_result(op, "acc_in_final", acc_in_f, {M, N, H, F, D}, f32)).failure() ||
+      (e = expect_result(op, "acc_out_final", acc_out_f, {M, N, H, D, F}, f32)).failure() ||
+      (e = expect_result(op, "acc_g_final", acc_g_f, {N, H}, f32)).failure())
+    return e;
+  if (!int64_counts(n_f->element_type(), n_f->dimensions(), N))
+    return ffi::Error::InvalidArgument(
+        "nlcore self_modifying_scan: n_final must be int64 [N] or int32 [N, 2]");
+  nlcore_self_modifying_tensors_t t;
+  sm_tensors(in, a, &t);
+  t.k = k->untyped_data();
+  t.v = v->untyped_data();
+  t.eta = eta->untyped_data();
+  t.g = g->untyped_data();
+  t.w_in_final = w_in_f->untyped_data();
+  t.w_out_final = w_out_f->untyped_data();
+  t.p_in_final = p_in_f->untyped_data();
+  t.p_out_final = p_out_f->untyped_data();
+  t.acc_in_final = acc_in_f->untyped_data();
+  t.acc_out_final = acc_out_f->untyped_data();
+  t.acc_g_final = acc_g_f->untyped_data();
+  t.n_final = n_f->untyped_data();
+  size_t bytes = 0;
+  nlcore_status_t st = nlcore_self_modifying_workspace_size(&p, 0, &bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error(op, st);
+  void* ws = nullptr;
+  if ((e = scratch_alloc(scratch, op, bytes, &ws)).failure()) return e;
+  st = nlcore_self_modifying_forward(&p, &t, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success() : api_error(op, st);
+}
+
+ffi::Error SelfModifyingBackwardImpl(
+    cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer x, ffi::AnyBuffer w_in,
+    ffi::AnyBuffer w_out, ffi::AnyBuffer w_eta, ffi::AnyBuffer w_alpha, ffi::AnyBuffer b_eta,
+    ffi::AnyBuffer b_alpha, ffi::AnyBuffer p_in, ffi::AnyBuffer p_out, ffi::AnyBuffer acc_in,
+    ffi::AnyBuffer acc_out, ffi::AnyBuffer acc_g, ffi::AnyBuffer n, ffi::AnyBuffer cu,
+    ffi::AnyBuffer grad_k, ffi::AnyBuffer grad_v, ffi::AnyBuffer grad_eta, ffi::AnyBuffer grad_g,
+    ffi::AnyBuffer grad_w_in, ffi::AnyBuffer grad_w_out, ffi::AnyBuffer grad_p_in,
+    ffi::AnyBuffer grad_p_out, ffi::AnyBuffer grad_acc_in, ffi::AnyBuffer grad_acc_out,
+    ffi::AnyBuffer grad_acc_g, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw_in,
+    ffi::Result<ffi::AnyBuffer> dw_out, ffi::Result<ffi::AnyBuffer> dw_eta,
+    ffi::Result<ffi::AnyBuffer> dw_alpha, ffi::Result<ffi::AnyBuffer> db_eta,
+    ffi::Result<ffi::AnyBuffer> db_alpha, ffi::Result<ffi::AnyBuffer> dp_in,
+    ffi::Result<ffi::AnyBuffer> dp_out, ffi::Result<ffi::AnyBuffer> dacc_in,
+    ffi::Result<ffi::AnyBuffer> dacc_out, ffi::Result<ffi::AnyBuffer> dacc_g, int64_t chunk_size,
+    float eta_max, float momentum, int32_t activation, int32_t dgd_erase, int32_t has_b_eta,
+    int32_t has_b_alpha, int32_t has_initial_state, int32_t varlen, int64_t checkpoint_every,
+    int32_t flags) {
+  const SmIn in{x, w_in, w_out, w_eta, w_alpha, b_eta, b_alpha, p_in, p_out, acc_in, acc_out,
+                acc_g, n, cu};
+  const SmAttrs a{chunk_size, eta_max,     momentum,          activation, dgd_erase, has_b_eta,
+                  has_b_alpha, has_initial_state, varlen, checkpoint_every, flags};
+  nlcore_self_modifying_problem_t p;
+  int64_t F = 0;
+  ffi::Error e = sm_problem(in, a, &p, &F);
+  if (e.failure()) return e;
+  const char* op = "self_modifying_scan";
+  const int64_t B = p.batch, T = p.seqlen, N = p.num_sequences, H = p.heads, D = p.head_dim;
+  const int64_t M = kMemories;
+  const nlcore_dtype_t f32 = NLCORE_DTYPE_FLOAT32;
+  struct G { const ffi::AnyBuffer& b; const char* name; std::vector<int64_t> d; nlcore_dtype_t t; };
+  const G given[] = {{grad_k, "grad_k", {B, T, H, D}, p.dtype},
+                     {grad_v, "grad_v", {B, T, H, D}, p.dtype},
+                     {grad_eta, "grad_eta", {B, T, H}, f32},
+                     {grad_g, "grad_g", {B, T, H}, f32},
+                     {grad_w_in, "grad_w_in", {M, N, H, F, D}, f32},
+                     {grad_w_out, "grad_w_out", {M, N, H, D, F}, f32},
+                     {grad_p_in, "grad_p_in", {M, N, H, F, D}, f32},
+                     {grad_p_out, "grad_p_out", {M, N, H, D, F}, f32},
+                     {grad_acc_in, "grad_acc_in", {M, N, H, F, D}, f32},
+                     {grad_acc_out, "grad_acc_out", {M, N, H, D, F}, f32},
+                     {grad_acc_g, "grad_acc_g", {N, H}, f32}};
+  for (const G& f : given) {
+    if ((e = expect_dims(op, f.name, f.b.dimensions(), f.d)).failure()) return e;
+    if (to_nlcore(f.b.element_type()) != f.t)
+      return ffi::Error::InvalidArgument(std::string("nlcore self_modifying_scan: ") + f.name +
+                                         " has the wrong dtype");
+  }
+  const bool shared = p.weights_shared != 0;
+  if ((e = expect_result(op, "dx", dx, {B, T, H, D}, p.dtype)).failure() ||
+      (e = shared ? expect_result(op, "dw_in", dw_in, {M, H, F, D}, f32)
+                  : expect_result(op, "dw_in", dw_in, {M, N, H, F, D}, f32)).failure() ||
+      (e = shared ? expect_result(op, "dw_out", dw_out, {M, H, D, F}, f32)
+                  : expect_result(op, "dw_out", dw_out, {M, N, H, D, F}, f32)).failure() ||
+      (e = expect_result(op, "dw_eta", dw_eta, {H, D}, f32)).failure() ||
+      (e = expect_result(op, "dw_alpha", dw_alpha, {H, D}, f32)).failure() ||
+      (has_b_eta && (e = expect_result(op, "db_eta", db_eta, {H}, f32)).failure()) ||
+      (has_b_alpha && (e = expect_result(op, "db_alpha", db_alpha, {H}, f32)).failure()))
+    return e;
+  if (has_initial_state &&
+      ((e = expect_result(op, "dp_in", dp_in, {M, N, H, F, D}, f32)).failure() ||
+       (e = expect_result(op, "dp_out", dp_out, {M, N, H, D, F}, f32)).failure() ||
+       (e = expect_result(op, "dacc_in", dacc_in, {M, N, H, F, D}, f32)).failure() ||
+       (e = expect_result(op, "dacc_out", dacc_out, {M, N, H, D, F}, f32)).failure() ||
+       (e = expect_result(op, "dacc_g", dacc_g, {N, H}, f32)).failure()))
+    return e;
+  nlcore_self_modifying_tensors_t t;
+  sm_tensors(in, a, &t);
+  nlcore_self_modifying_grads_t gr{};
+  gr.grad_k = grad_k.untyped_data();
+  gr.grad_v = grad_v.untyped_data();
+  gr.grad_eta = grad_eta.untyped_data();
+  gr.grad_g = grad_g.untyped_data();
+  gr.grad_w_in = grad_w_in.untyped_data();
+  gr.grad_w_out = grad_w_out.untyped_data();
+  gr.grad_p_in = grad_p_in.untyped_data();
+  gr.grad_p_out = grad_p_out.untyped_data();
+  gr.grad_acc_in = grad_acc_in.untyped_data();
+  gr.grad_acc_out = grad_acc_out.untyped_data();
+  gr.grad_acc_g = grad_acc_g.untyped_data();
+  gr.dx = dx->untyped_data();
+  gr.dw_in = dw_in->untyped_data();
+  gr.dw_out = dw_out->untyped_data();
+  gr.dw_eta = dw_eta->untyped_data();
+  gr.dw_alpha = dw_alpha->untyped_data();
+  gr.db_eta = data_if(db_eta, has_b_eta);
+  gr.db_alpha = data_if(db_alpha, has_b_alpha);
+  gr.dp_in = data_if(dp_in, has_initial_state);
+  gr.dp_out = data_if(dp_out, has_initial_state);
+  gr.dacc_in = data_if(dacc_in, has_initial_state);
+  gr.dacc_out = data_if(dacc_out, has_initial_state);
+  gr.dacc_g = data_if(dacc_g, has_initial_state);
+  size_t bytes = 0;
+  nlcore_status_t st = nlcore_self_modifying_workspace_size(&p, 1, &bytes);
+  if (st != NLCORE_STATUS_SUCCESS) return api_error("self_modifying_scan backward", st);
+  void* ws = nullptr;
+  if ((e = scratch_alloc(scratch, op, bytes, &ws)).failure()) return e;
+  st = nlcore_self_modifying_backward(&p, &t, &gr, ws, bytes, stream);
+  return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success()
+                                     : api_error("self_modifying_scan backward", st);
+}
+
 }  // namespace
 
 // The exported handler symbols: C linkage from XLA_FFI_DEFINE_HANDLER_SYMBOL, default
@@ -615,6 +887,10 @@ extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreNewtonSch
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreMemoryMlpForward(
     XLA_FFI_CallFrame* call_frame);
 extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreMemoryMlpBackward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreSelfModifyingForward(
+    XLA_FFI_CallFrame* call_frame);
+extern "C" __attribute__((visibility("default"))) XLA_FFI_Error* NlcoreSelfModifyingBackward(
     XLA_FFI_CallFrame* call_frame);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreDgdForward, DgdForwardImpl,
@@ -769,6 +1045,105 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreMemoryMlpBackward, MemoryMlpBackwardImpl,
                                   .Attr<int32_t>("self_target")
                                   .Attr<int32_t>("dgd_erase")
                                   .Attr<int32_t>("has_g")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int64_t>("checkpoint_every")
+                                  .Attr<int32_t>("flags"));
+
+// self_modifying_scan: 14 operands (x w_in w_out w_eta w_alpha b_eta b_alpha p_in p_out acc_in
+// acc_out acc_g n cu); 12 results (k v eta g and the final state)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreSelfModifyingForward, SelfModifyingForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("chunk_size")
+                                  .Attr<float>("eta_max")
+                                  .Attr<float>("momentum")
+                                  .Attr<int32_t>("activation")
+                                  .Attr<int32_t>("dgd_erase")
+                                  .Attr<int32_t>("has_b_eta")
+                                  .Attr<int32_t>("has_b_alpha")
+                                  .Attr<int32_t>("has_initial_state")
+                                  .Attr<int32_t>("varlen")
+                                  .Attr<int64_t>("checkpoint_every")
+                                  .Attr<int32_t>("flags"));
+
+// + the gradients of k, v, eta, g and of the 7 float final-state entries; 12 results (dx dw_in
+// dw_out dw_eta dw_alpha db_eta db_alpha dp_in dp_out dacc_in dacc_out dacc_g)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NlcoreSelfModifyingBackward, SelfModifyingBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("chunk_size")
+                                  .Attr<float>("eta_max")
+                                  .Attr<float>("momentum")
+                                  .Attr<int32_t>("activation")
+                                  .Attr<int32_t>("dgd_erase")
+                                  .Attr<int32_t>("has_b_eta")
+                                  .Attr<int32_t>("has_b_alpha")
                                   .Attr<int32_t>("has_initial_state")
                                   .Attr<int32_t>("varlen")
                                   .Attr<int64_t>("checkpoint_every")

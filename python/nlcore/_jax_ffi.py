@@ -8,11 +8,10 @@ FFI headers are present at build time; `NLCORE_JAX_FFI_LIB` can point at another
 loaded and its targets are registered with `jax.ffi.register_ffi_target(..., platform="CUDA")`
 the first time a traced op needs them.
 
-FFI handlers so far: `dgd` (forward and backward kernels; `gated_delta_rule` calls it),
-`memory_mlp_scan` (forward and backward kernels) and `newton_schulz` (forward kernel; its
-custom_vjp backward is JAX's autodiff of the same iteration, GEMM operands rounded to
-compute_dtype as the kernels round them). `self_modifying_scan` runs eagerly only and says so
-under `jit`.
+FFI handlers: `dgd` (forward and backward kernels; `gated_delta_rule` calls it),
+`memory_mlp_scan` and `self_modifying_scan` (forward and backward kernels) and `newton_schulz`
+(forward kernel; its custom_vjp backward is JAX's autodiff of the same iteration, GEMM operands
+rounded to compute_dtype as the kernels round them).
 """
 from __future__ import annotations
 
@@ -29,7 +28,9 @@ import numpy as np
 LIB_NAME = "libnlcore_jax_ffi.so"
 TARGETS = {"nlcore_dgd_fwd": "NlcoreDgdForward", "nlcore_dgd_bwd": "NlcoreDgdBackward",
            "nlcore_ns_fwd": "NlcoreNewtonSchulzForward",
-           "nlcore_mlp_fwd": "NlcoreMemoryMlpForward", "nlcore_mlp_bwd": "NlcoreMemoryMlpBackward"}
+           "nlcore_mlp_fwd": "NlcoreMemoryMlpForward", "nlcore_mlp_bwd": "NlcoreMemoryMlpBackward",
+           "nlcore_sm_fwd": "NlcoreSelfModifyingForward",
+           "nlcore_sm_bwd": "NlcoreSelfModifyingBackward"}
 _loaded: Dict[str, Any] = {}
 # Tests set this to lower for CUDA (jax.export(platforms=["cuda"])) on a machine whose JAX
 # backend is the CPU; otherwise tracing an FFI op for a non-GPU backend is a clear error.
@@ -459,3 +460,148 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
     f.defvjp(fwd, bwd)
     outs = f(*[given[n] for n in names])
     return outs[0], (MLPMemoryState(*outs[1:]) if output_final_state else None)
+
+
+# ----------------------------------------------------------------------------- self-modifying
+def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max: float = 1.0,
+                        b_eta=None, b_alpha=None, momentum: float = 0.0,
+                        activation: str = "silu", dgd_erase: bool = True, initial_state=None,
+                        output_final_state: bool = False, cu_seqlens=None, *,
+                        checkpoint_every: int = 16):
+    """The traced form of nlcore.jax.self_modifying_scan: the FFI custom calls with a
+    custom_vjp over the backward kernel."""
+    from ._state import MLPMemoryState
+    op = "self_modifying_scan"
+    _check_backend(op)
+    load()
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"nlcore.jax.{op}: chunk_size must be an int >= 1, got {chunk_size!r}")
+    if activation not in _MLP_ACT:
+        raise ValueError(f"nlcore.jax.{op}: activation must be 'silu' or 'gelu', got "
+                         f"{activation!r}")
+    if isinstance(eta_max, bool) or not isinstance(eta_max, (int, float)) \
+            or not math.isfinite(eta_max) or eta_max <= 0:
+        raise ValueError(f"nlcore.jax.{op}: eta_max must be a finite number > 0, got "
+                         f"{eta_max!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 1:
+        raise ValueError(f"nlcore.jax.{op}: checkpoint_every must be an int >= 1, got "
+                         f"{checkpoint_every!r}")
+    if initial_state is not None:
+        if w_in is not None or w_out is not None:
+            raise ValueError(f"nlcore.jax.{op}: pass either w_in/w_out or initial_state, not "
+                             f"both")
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 8:
+            raise ValueError(f"nlcore.jax.{op}: initial_state must be an MLPMemoryState (or an "
+                             f"8-tuple)")
+        st = dict(zip(_MLP_FIELDS, initial_state))
+    elif w_in is None or w_out is None:
+        raise ValueError(f"nlcore.jax.{op}: w_in and w_out are required without initial_state")
+    else:
+        st = dict(w_in=w_in, w_out=w_out)
+    xa = _aval(x)
+    if xa.ndim != 4:
+        raise ValueError(f"nlcore.jax.{op}: x must be [B, T, H, D], got {xa.shape}")
+    if xa.dtype not in [np.dtype(d) for d in _FLOATS]:
+        raise TypeError(f"nlcore.jax.{op}: x must be float32, bfloat16 or float16 on CUDA, "
+                        f"got {xa.dtype}")
+    B, T, H, D = xa.shape
+    N = B
+    if cu_seqlens is not None:
+        ca = _aval(cu_seqlens)
+        if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
+            raise ValueError(f"nlcore.jax.{op}: cu_seqlens must be a 1-D int32/int64 array "
+                             f"with batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
+        N = ca.shape[0] - 1
+    wa = _aval(st["w_in"])
+    if wa.ndim not in (4, 5) or wa.shape[0] != 4:
+        raise ValueError(f"nlcore.jax.{op}: w_in must be [4, H, F, D] or [4, N, H, F, D], got "
+                         f"{wa.shape}")
+    Fh = wa.shape[-2]
+    lead = (4,) if wa.ndim == 4 else (4, N)
+    s_in, s_out = (4, N, H, Fh, D), (4, N, H, D, Fh)
+    want = dict(w_in=lead + (H, Fh, D), w_out=lead + (H, D, Fh), w_eta=(H, D), w_alpha=(H, D),
+                b_eta=(H,), b_alpha=(H,), p_in=s_in, p_out=s_out, acc_in=s_in, acc_out=s_out,
+                acc_g=(N, H), n=(N,))
+    given = dict(w_eta=w_eta, w_alpha=w_alpha, b_eta=b_eta, b_alpha=b_alpha, **st)
+    for name, t in given.items():
+        if t is not None and _aval(t).shape != want[name]:
+            raise ValueError(f"nlcore.jax.{op}: {name} must be {want[name]}, got "
+                             f"{_aval(t).shape}")
+    if B * T == 0 or N == 0:
+        raise ValueError(f"nlcore.jax.{op}: empty problems (B, T or N = 0) run eagerly only")
+    flags = dict(chunk_size=np.int64(chunk_size), eta_max=np.float32(eta_max),
+                 momentum=np.float32(momentum), activation=np.int32(_MLP_ACT[activation]),
+                 dgd_erase=np.int32(bool(dgd_erase)), has_b_eta=np.int32(b_eta is not None),
+                 has_b_alpha=np.int32(b_alpha is not None),
+                 has_initial_state=np.int32(initial_state is not None),
+                 varlen=np.int32(cu_seqlens is not None),
+                 checkpoint_every=np.int64(checkpoint_every), flags=np.int32(0))
+    order = ("x", "w_in", "w_out", "w_eta", "w_alpha", "b_eta", "b_alpha", "p_in", "p_out",
+             "acc_in", "acc_out", "acc_g", "n", "cu_seqlens")
+    given.update(x=x, cu_seqlens=cu_seqlens)
+    names = [n for n in order if given.get(n) is not None]
+    none_f, none_i = jnp.zeros((0,), jnp.float32), jnp.zeros((0,), jnp.int32)
+    F32 = jnp.float32
+    SD = jax.ShapeDtypeStruct
+    n_type = (SD((N,), jnp.int64) if jax.config.read("jax_enable_x64")
+              else SD((N, 2), jnp.int32))
+    tok, gate = (B, T, H, D), (B, T, H)
+    out_types = (SD(tok, xa.dtype), SD(tok, xa.dtype), SD(gate, F32), SD(gate, F32),
+                 SD(s_in, F32), SD(s_out, F32), SD(s_in, F32), SD(s_out, F32), SD(s_in, F32),
+                 SD(s_out, F32), SD((N, H), F32), n_type)
+
+    def operands(xs):
+        d = dict(zip(names, xs))
+        out = []
+        for n in order:
+            t = d.get(n)
+            if t is None:
+                t = none_i if n in ("n", "cu_seqlens") else none_f
+            elif n == "n":
+                t = _counts_in(t)
+            elif n not in ("x", "cu_seqlens"):
+                t = t.astype(F32)
+            out.append(t)
+        return out
+
+    def forward(xs):
+        outs = jax.ffi.ffi_call("nlcore_sm_fwd", out_types, vmap_method="sequential")(
+            *operands(xs), **flags)
+        n_f = outs[11] if outs[11].ndim == 1 else outs[11][:, 0]
+        return tuple(outs[:11]) + (n_f,)
+
+    @jax.custom_vjp
+    def f(*xs):
+        return forward(xs)
+
+    def fwd(*xs):
+        return forward(xs), xs
+
+    def bwd(xs, cts):
+        cot = [cts[0].astype(xa.dtype), cts[1].astype(xa.dtype)] + \
+              [c.astype(F32) for c in cts[2:11]]
+        g_types = (SD(tok, xa.dtype), SD(lead + (H, Fh, D), F32), SD(lead + (H, D, Fh), F32),
+                   SD((H, D), F32), SD((H, D), F32),
+                   SD((H,) if b_eta is not None else (0,), F32),
+                   SD((H,) if b_alpha is not None else (0,), F32))
+        if initial_state is not None:
+            g_types += (SD(s_in, F32), SD(s_out, F32), SD(s_in, F32), SD(s_out, F32),
+                        SD((N, H), F32))
+        else:
+            g_types += (SD((0,), F32),) * 5
+        grads = jax.ffi.ffi_call("nlcore_sm_bwd", g_types, vmap_method="sequential")(
+            *operands(xs), *cot, **flags)
+        by_name = dict(zip(("x", "w_in", "w_out", "w_eta", "w_alpha", "b_eta", "b_alpha",
+                            "p_in", "p_out", "acc_in", "acc_out", "acc_g"), grads))
+        res = []
+        for n, t in zip(names, xs):
+            if n in ("n", "cu_seqlens"):
+                res.append(np.zeros(_aval(t).shape, dtype=jax.dtypes.float0))
+            else:
+                res.append(by_name[n].astype(_aval(t).dtype))
+        return tuple(res)
+
+    f.defvjp(fwd, bwd)
+    outs = f(*[given[n] for n in names])
+    return (*outs[:4], MLPMemoryState(*outs[4:]) if output_final_state else None)

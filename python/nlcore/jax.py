@@ -15,12 +15,10 @@ backward kernels. So `jax.grad`, `jax.vjp` and `jax.value_and_grad` work (eagerl
 inputs (cu_seqlens, the state's token counts n) get no gradient (a zero/float0 cotangent).
 
 Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays)
-`dgd`, `gated_delta_rule`, `memory_mlp_scan` and `newton_schulz` run nlcore's CUDA kernels as
-XLA FFI custom calls (`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`, CUDA GPUs only),
-differentiable through custom_vjps (dgd, memory_mlp_scan: their backward kernels;
-newton_schulz: JAX autodiff of the same iteration). `self_modifying_scan` has only the eager
-path and raises a RuntimeError naming itself under such transformations: call it outside
-`jit`. This module needs JAX and is not
+every op runs nlcore's CUDA kernels as XLA FFI custom calls (`nlcore._jax_ffi`, library
+`libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable through custom_vjps (the ops' backward
+kernels; newton_schulz: JAX autodiff of the same iteration). On a CPU backend that is a clear
+RuntimeError at trace time: call the ops eagerly there. This module needs JAX and is not
 imported by `import nlcore`.
 """
 from __future__ import annotations
@@ -81,14 +79,14 @@ def _to_jax(t: torch.Tensor):
 
 
 def _eager_only(op: str, xs: Sequence[Any]) -> None:
+    """The DLPack bridge needs concrete arrays (traced ones take the XLA FFI path before
+    reaching it; this guards the bridge itself)."""
     for x in xs:
         if isinstance(x, _Tracer):
             raise RuntimeError(
-                f"nlcore.jax.{op}: got a traced array ({type(x).__name__}): the op only has an "
-                f"eager path, so it cannot run under jax.jit, jax.vmap, jax.lax control flow or "
-                f"other tracing transformations. Call nlcore.jax.{op} eagerly (outside jit; "
-                f"jax.grad / jax.vjp work eagerly); dgd, gated_delta_rule, memory_mlp_scan and "
-                f"newton_schulz have XLA FFI kernels for jit, this op not yet.")
+                f"nlcore.jax.{op}: got a traced array ({type(x).__name__}) on the eager path "
+                f"(DLPack to the torch op), which needs concrete arrays. Under jax.jit / vmap "
+                f"the op runs through XLA FFI instead, on a CUDA GPU.")
 
 
 def _staged(*xs) -> bool:
@@ -271,6 +269,14 @@ def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max
     `MLPMemoryState` of JAX arrays or None)."""
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         initial_state = tuple(initial_state)
+    if _staged(x, w_in, w_out, w_eta, w_alpha, b_eta, b_alpha, cu_seqlens,
+               *(initial_state or ())):
+        from . import _jax_ffi
+        return _jax_ffi.self_modifying_scan(
+            x, w_in, w_out, w_eta, w_alpha, chunk_size, eta_max=eta_max, b_eta=b_eta,
+            b_alpha=b_alpha, momentum=momentum, activation=activation, dgd_erase=dgd_erase,
+            initial_state=initial_state, output_final_state=output_final_state,
+            cu_seqlens=cu_seqlens, checkpoint_every=checkpoint_every)
     return _apply("self_modifying_scan", _ops.self_modifying_scan,
                   dict(x=x, w_in=w_in, w_out=w_out, w_eta=w_eta, w_alpha=w_alpha, b_eta=b_eta,
                        b_alpha=b_alpha, initial_state=initial_state, cu_seqlens=cu_seqlens),

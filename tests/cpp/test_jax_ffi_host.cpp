@@ -1,5 +1,5 @@
 // Host-only tests of the XLA FFI handlers' argument checks (csrc/jax/ffi.cpp, no GPU, no XLA
-// runtime): the DGD, Newton–Schulz and memory-scan problems are built from fake FFI buffers (fake device
+// runtime): the DGD, Newton–Schulz, memory-scan and self-modifying problems are built from fake FFI buffers (fake device
 // pointers, never dereferenced), and every mismatched shape, dtype or attribute comes back as an
 // INVALID_ARGUMENT error naming the operand, before any kernel. ffi.cpp is compiled into this
 // test so its internal helpers are reachable. Prints "N passed, M failed".
@@ -215,9 +215,69 @@ void test_memory_mlp() {
   }
 }
 
+// A valid self-modifying problem: B 1, T 33, H 2, D 32, F 64, shared weights [4, H, F, D],
+// b_alpha given, varlen with 3 sequences.
+struct Sm {
+  Buf x{DT::BF16, {1, 33, 2, 32}}, w_in{DT::F32, {4, 2, 64, 32}}, w_out{DT::F32, {4, 2, 32, 64}};
+  Buf w_eta{DT::F32, {2, 32}}, w_alpha{DT::F32, {2, 32}}, b_eta{DT::F32, {0}};
+  Buf b_alpha{DT::F32, {2}}, p_in{DT::F32, {0}}, p_out{DT::F32, {0}}, acc_in{DT::F32, {0}};
+  Buf acc_out{DT::F32, {0}}, acc_g{DT::F32, {0}}, n{DT::S32, {0}}, cu{DT::S32, {4}};
+  SmAttrs a{6, 0.1f, 0.5f, 0, 1, 0, 1, 0, 1, 16, 0};
+
+  ffi::Error check(nlcore_self_modifying_problem_t* p) const {
+    const SmIn in{x.any(),     w_in.any(),  w_out.any(),  w_eta.any(),   w_alpha.any(),
+                  b_eta.any(), b_alpha.any(), p_in.any(), p_out.any(),   acc_in.any(),
+                  acc_out.any(), acc_g.any(), n.any(),    cu.any()};
+    int64_t F = 0;
+    ffi::Error e = sm_problem(in, a, p, &F);
+    if (e.failure()) return e;
+    size_t bytes = 0;
+    nlcore_status_t st = nlcore_self_modifying_workspace_size(p, 1, &bytes);
+    return st == NLCORE_STATUS_SUCCESS ? ffi::Error::Success()
+                                       : api_error("self_modifying_scan", st);
+  }
+};
+
+void test_self_modifying() {
+  nlcore_self_modifying_problem_t p;
+  {
+    Sm m;
+    ffi::Error e = m.check(&p);
+    CHECK(e.success(), "valid self_modifying problem rejected: %s", e.message().c_str());
+    CHECK(p.batch == 1 && p.seqlen == 33 && p.num_sequences == 3 && p.hidden_dim == 64 &&
+              p.weights_shared == 1 && p.chunk_size == 6,
+          "self_modifying problem fields");
+  }
+  struct Case {
+    const char* name;
+    void (*edit)(Sm&);
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"w_in 3 memories", [](Sm& m) { m.w_in = Buf(DT::F32, {3, 2, 64, 32}); }, "w_in must be [4, 2, 64, 32]"},
+      {"w_out shape", [](Sm& m) { m.w_out = Buf(DT::F32, {4, 2, 64, 32}); }, "w_out must be [4, 2, 32, 64]"},
+      {"w_eta shape", [](Sm& m) { m.w_eta = Buf(DT::F32, {2, 16}); }, "w_eta must be [2, 32]"},
+      {"b_alpha shape", [](Sm& m) { m.b_alpha = Buf(DT::F32, {3}); }, "b_alpha must be [2]"},
+      {"b_eta missing", [](Sm& m) { m.a.has_b_eta = 1; }, "b_eta must be [2]"},
+      {"w_alpha dtype", [](Sm& m) { m.w_alpha = Buf(DT::BF16, {2, 32}); }, "must be float32"},
+      {"state missing", [](Sm& m) { m.a.has_initial_state = 1; }, "p_in must be [4, 3, 2, 64, 32]"},
+      {"eta_max 0", [](Sm& m) { m.a.eta_max = 0.0f; }, "eta_max"},
+      {"x float64", [](Sm& m) { m.x = Buf(DT::F64, {1, 33, 2, 32}); }, "dtype"},
+      {"cu rank 2", [](Sm& m) { m.cu = Buf(DT::S32, {4, 1}); }, "cu_seqlens must be rank 1"},
+  };
+  for (const Case& c : cases) {
+    Sm m;
+    c.edit(m);
+    ffi::Error e = m.check(&p);
+    CHECK(e.failure() && e.errc() == ffi::ErrorCode::kInvalidArgument, "%s: accepted", c.name);
+    CHECK(has(e, c.needle), "%s: message '%s' lacks '%s'", c.name, e.message().c_str(), c.needle);
+  }
+}
+
 }  // namespace
 
 int main() {
+  test_self_modifying();
   test_dgd();
   test_newton_schulz();
   test_memory_mlp();
