@@ -28,7 +28,10 @@
 # cannot interrupt a thread blocked in C code; both test runs of 2026-11-26 stalled silently),
 # NLCORE_CUDA_ARCHS (90a-real), NLCORE_KERNEL_SET (full), NLCORE_BENCH_ARGS (extra args to
 # bench/run.py), NLCORE_SANITIZE_KERNELS (a compute-sanitizer --kernel-name filter, e.g.
-# kns=nlcore; default: every kernel), NLCORE_GPU_SH_DEVICE (cuda; cpu dry-runs the script).
+# kns=nlcore; default: every kernel), NLCORE_SANITIZE_ARGS (extra args to
+# bench/sanitize_all.py, e.g. "--ops memory_mlp,self_modifying --quick": racecheck over every
+# op's full case list did not finish in 40 s on 2026-11-26), NLCORE_GPU_SH_DEVICE (cuda; cpu
+# dry-runs the script).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2; }
@@ -279,7 +282,7 @@ stage_sanitize() {
     local envs=()
     [ $tool = memcheck ] && envs=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
     env "${envs[@]}" timeout "$per" "$cs" --tool "$tool" --error-exitcode 3 "${filter[@]}" \
-      "$PY" bench/sanitize_all.py --device "$DEV" >"$tlog" 2>&1
+      "$PY" bench/sanitize_all.py --device "$DEV" ${NLCORE_SANITIZE_ARGS:-} >"$tlog" 2>&1
     rc=$?
     cat "$tlog" >>"$log"
     grep -E "SUMMARY|cases done|CUDA-ERROR|ERROR  " "$tlog" | tail -n 8
