@@ -288,3 +288,22 @@ def test_not_imported_by_nlcore_and_clear_import_error(monkeypatch):
     import importlib
     with pytest.raises(ImportError, match="nlcore.jax needs JAX"):
         importlib.import_module("nlcore.jax")
+
+
+def test_staged_means_abstract_not_differentiated():
+    """The FFI path is taken for abstract (jit / vmap) arrays only: eager calls and jax.grad
+    of eager calls hold concrete values and keep the DLPack path."""
+    from nlcore._jax_ffi import is_staged
+    seen = []
+
+    def probe(x):
+        seen.append(is_staged(x))
+        return (x * x).sum()
+
+    x = jnp.ones(3)
+    probe(x)
+    jax.grad(probe)(x)
+    jax.jit(probe)(x)
+    jax.vmap(probe)(jnp.ones((2, 3)))
+    jax.jit(jax.grad(probe))(x)
+    assert seen == [False, False, True, True, True]

@@ -85,6 +85,9 @@ def is_staged(x) -> bool:
     (eager, or a jax.grad of an eager call, whose tracers carry concrete values)."""
     if not isinstance(x, jax.core.Tracer):
         return False
+    concrete = getattr(x, "to_concrete_value", None)  # jax.core.is_concrete's own test
+    if concrete is not None:
+        return concrete() is None
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
