@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Download the wheels the GPU machine lacks (it has no registry) into ./wheels/ (git-ignored).
 #
-#   scripts/fetch_wheels.sh [SPEC ...]      default: nvidia-cutlass==4.2.0.0 (py3-none-any)
+#   scripts/fetch_wheels.sh [SPEC ...]      default: nvidia-cutlass==4.2.0.0 (py3-none-any) and
+#                                           fla-core==0.6.0 (the DGD benchmark peer, issue 12;
+#                                           its needs, torch, triton and einops, are on the image)
 #
 # Wheels are fetched for CPython 3.12 on manylinux x86_64 (the GPU machine), without their
 # dependencies (nvidia-cutlass would pull cuda-python, scipy, ...; only its headers are used).
@@ -10,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${NLCORE_PYTHON:-python3}"
-[ $# -gt 0 ] || set -- nvidia-cutlass==4.2.0.0
+[ $# -gt 0 ] || set -- nvidia-cutlass==4.2.0.0 fla-core==0.6.0
 mkdir -p wheels
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
