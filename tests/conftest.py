@@ -4,6 +4,10 @@ import random
 import pytest
 import torch
 
+# JAX grabs 75 % of a GPU's memory when its backend starts; under pytest-xdist (one GPU, several
+# workers running torch CUDA tests) that would starve the others. Allocate on demand instead.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
