@@ -1,4 +1,4 @@
-"""`nlcore.jax`: a JAX front end to the nlcore ops (eager path).
+"""`nlcore.jax`: a JAX front end to the nlcore ops.
 
 Same op names and arguments as `nlcore.ops` (`dgd`, `gated_delta_rule`, `memory_mlp_scan`,
 `newton_schulz`, `self_modifying_scan`), taking and returning JAX arrays; dtype arguments may
@@ -14,12 +14,13 @@ backward is `torch.autograd.grad` of the float outputs with JAX's cotangents, i.
 backward kernels. So `jax.grad`, `jax.vjp` and `jax.value_and_grad` work (eagerly). Integer
 inputs (cu_seqlens, the state's token counts n) get no gradient (a zero/float0 cotangent).
 
-Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays)
-every op runs nlcore's CUDA kernels as XLA FFI custom calls (`nlcore._jax_ffi`, library
-`libnlcore_jax_ffi.so`, CUDA GPUs only), differentiable through custom_vjps (the ops' backward
-kernels; newton_schulz: JAX autodiff of the same iteration). On a CPU backend that is a clear
-RuntimeError at trace time: call the ops eagerly there. This module needs JAX and is not
-imported by `import nlcore`.
+Under `jax.jit` (and `jax.vmap`, `lax.scan`, ... — anything that traces abstract arrays):
+- on a GPU backend every op runs nlcore's CUDA kernels as XLA FFI custom calls
+  (`nlcore._jax_ffi`, library `libnlcore_jax_ffi.so`), differentiable through custom_vjps (the
+  ops' backward kernels; newton_schulz: JAX autodiff of the same iteration);
+- on any other backend (the CPU) every op is a `jax.pure_callback` into the same torch op,
+  with a second callback as its backward (`nlcore._jax_callback`): a host round trip per call.
+This module needs JAX and is not imported by `import nlcore`.
 """
 from __future__ import annotations
 
@@ -85,8 +86,18 @@ def _eager_only(op: str, xs: Sequence[Any]) -> None:
         if isinstance(x, _Tracer):
             raise RuntimeError(
                 f"nlcore.jax.{op}: got a traced array ({type(x).__name__}) on the eager path "
-                f"(DLPack to the torch op), which needs concrete arrays. Under jax.jit / vmap "
-                f"the op runs through XLA FFI instead, on a CUDA GPU.")
+                f"(DLPack to the torch op), which needs concrete arrays. This happens when "
+                f"every array argument is a constant captured inside jax.jit: pass at least one "
+                f"as an argument of the jitted function, and the op takes its traced path "
+                f"(XLA FFI on a GPU, a host callback elsewhere).")
+
+
+def _host_callback(op: str, fn: Callable, arrays: Dict[str, Any], statics: Dict[str, Any],
+                   mlp_state: bool = False):
+    """A traced call where JAX's backend is not a GPU: the torch op as a host callback
+    (nlcore._jax_callback); None on a GPU backend (the XLA FFI path)."""
+    from . import _jax_callback
+    return _jax_callback.maybe(op, fn, _check_arrays(op, arrays), statics, mlp_state=mlp_state)
 
 
 def _staged(*xs) -> bool:
@@ -185,29 +196,35 @@ def newton_schulz(G, steps: int = 5, coefficients="muon", eps: float = 1e-7,
     dtype or name (bfloat16, float16, float32). Returns an array of G's shape and dtype.
     Traced (jit, vmap): the CUDA forward kernel through XLA FFI, backward by JAX autodiff of
     the same iteration."""
+    statics = dict(steps=steps, coefficients=coefficients, eps=eps,
+                   compute_dtype=_torch_dtype(compute_dtype, "newton_schulz", "compute_dtype"),
+                   kernel=kernel)
     if _staged(G):
+        r = _host_callback("newton_schulz", _ops.newton_schulz, {"G": G}, statics)
+        if r is not None:
+            return r
         from . import _jax_ffi
         return _jax_ffi.newton_schulz(G, steps=steps, coefficients=coefficients, eps=eps,
                                       compute_dtype=compute_dtype, kernel=kernel)
-    return _apply("newton_schulz", _ops.newton_schulz, {"G": G},
-                  dict(steps=steps, coefficients=coefficients, eps=eps,
-                       compute_dtype=_torch_dtype(compute_dtype, "newton_schulz",
-                                                  "compute_dtype"), kernel=kernel))
+    return _apply("newton_schulz", _ops.newton_schulz, {"G": G}, statics)
 
 
 def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initial_state=None,
         output_final_state: bool = False, cu_seqlens=None, read: str = "after"):
     """`nlcore.ops.dgd` on JAX arrays: returns (o, final state or None). Eager: the torch op
     through DLPack; traced (jit, vmap): the XLA FFI custom calls on a CUDA GPU."""
-    if _staged(q, k, v, beta, g, erase, initial_state, cu_seqlens):
+    arrays = dict(q=q, k=k, v=v, beta=beta, g=g, erase=erase, initial_state=initial_state,
+                  cu_seqlens=cu_seqlens)
+    statics = dict(scale=scale, output_final_state=output_final_state, read=read)
+    if _staged(*arrays.values()):
+        r = _host_callback("dgd", _ops.dgd, arrays, statics)
+        if r is not None:
+            return r
         from . import _jax_ffi
         return _jax_ffi.dgd(q, k, v, beta, g=g, erase=erase, scale=scale,
                             initial_state=initial_state, output_final_state=output_final_state,
                             cu_seqlens=cu_seqlens, read=read)
-    return _apply("dgd", _ops.dgd,
-                  dict(q=q, k=k, v=v, beta=beta, g=g, erase=erase, initial_state=initial_state,
-                       cu_seqlens=cu_seqlens),
-                  dict(scale=scale, output_final_state=output_final_state, read=read))
+    return _apply("dgd", _ops.dgd, arrays, statics)
 
 
 def gated_delta_rule(q, k, v, g, beta, scale: Optional[float] = None, initial_state=None,
@@ -215,17 +232,20 @@ def gated_delta_rule(q, k, v, g, beta, scale: Optional[float] = None, initial_st
                      use_qk_l2norm_in_kernel: bool = False):
     """`nlcore.ops.gated_delta_rule` (fla's chunk_gated_delta_rule) on JAX arrays: returns
     (o, final state or None). Traced (jit): `dgd` with erase = exp(g)·beta through XLA FFI."""
-    if _staged(q, k, v, g, beta, initial_state, cu_seqlens):
+    arrays = dict(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
+                  cu_seqlens=cu_seqlens)
+    statics = dict(scale=scale, output_final_state=output_final_state,
+                   use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel)
+    if _staged(*arrays.values()):
+        r = _host_callback("gated_delta_rule", _ops.gated_delta_rule, arrays, statics)
+        if r is not None:
+            return r
         if use_qk_l2norm_in_kernel:
             q, k = _l2norm(q), _l2norm(k)
         return dgd(q, k, v, beta, g=g, erase=jnp.exp(g.astype(jnp.float32)) * beta,
                    scale=scale, initial_state=initial_state,
                    output_final_state=output_final_state, cu_seqlens=cu_seqlens, read="after")
-    return _apply("gated_delta_rule", _ops.gated_delta_rule,
-                  dict(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
-                       cu_seqlens=cu_seqlens),
-                  dict(scale=scale, output_final_state=output_final_state,
-                       use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel))
+    return _apply("gated_delta_rule", _ops.gated_delta_rule, arrays, statics)
 
 
 def _l2norm(x, eps: float = 1e-6):
@@ -243,7 +263,17 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
     arrays or None). initial_state: an `MLPMemoryState` (or 8-tuple) of JAX arrays."""
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         initial_state = tuple(initial_state)
+    arrays = dict(x=x, k=k, v=v, eta=eta, w_in=w_in, w_out=w_out, g=g,
+                  initial_state=initial_state, cu_seqlens=cu_seqlens)
+    statics = dict(chunk_size=chunk_size, momentum=momentum, activation=activation,
+                   residual=residual, objective=objective, self_target=self_target,
+                   dgd_erase=dgd_erase, output_final_state=output_final_state,
+                   checkpoint_every=checkpoint_every, kernel=kernel)
     if _staged(x, k, v, eta, w_in, w_out, g, cu_seqlens, *(initial_state or ())):
+        r = _host_callback("memory_mlp_scan", _ops.memory_mlp_scan, arrays, statics,
+                           mlp_state=True)
+        if r is not None:
+            return r
         from . import _jax_ffi
         return _jax_ffi.memory_mlp_scan(
             x, k, v, eta, w_in, w_out, chunk_size, g=g, momentum=momentum,
@@ -251,13 +281,7 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
             self_target=self_target, dgd_erase=dgd_erase, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
             checkpoint_every=checkpoint_every, kernel=kernel)
-    return _apply("memory_mlp_scan", _ops.memory_mlp_scan,
-                  dict(x=x, k=k, v=v, eta=eta, w_in=w_in, w_out=w_out, g=g,
-                       initial_state=initial_state, cu_seqlens=cu_seqlens),
-                  dict(chunk_size=chunk_size, momentum=momentum, activation=activation,
-                       residual=residual, objective=objective, self_target=self_target,
-                       dgd_erase=dgd_erase, output_final_state=output_final_state,
-                       checkpoint_every=checkpoint_every, kernel=kernel), mlp_state=True)
+    return _apply("memory_mlp_scan", _ops.memory_mlp_scan, arrays, statics, mlp_state=True)
 
 
 def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max: float = 1.0,
@@ -269,18 +293,22 @@ def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max
     `MLPMemoryState` of JAX arrays or None)."""
     if initial_state is not None and isinstance(initial_state, (tuple, list)):
         initial_state = tuple(initial_state)
+    arrays = dict(x=x, w_in=w_in, w_out=w_out, w_eta=w_eta, w_alpha=w_alpha, b_eta=b_eta,
+                  b_alpha=b_alpha, initial_state=initial_state, cu_seqlens=cu_seqlens)
+    statics = dict(chunk_size=chunk_size, eta_max=eta_max, momentum=momentum,
+                   activation=activation, dgd_erase=dgd_erase,
+                   output_final_state=output_final_state, checkpoint_every=checkpoint_every)
     if _staged(x, w_in, w_out, w_eta, w_alpha, b_eta, b_alpha, cu_seqlens,
                *(initial_state or ())):
+        r = _host_callback("self_modifying_scan", _ops.self_modifying_scan, arrays, statics,
+                           mlp_state=True)
+        if r is not None:
+            return r
         from . import _jax_ffi
         return _jax_ffi.self_modifying_scan(
             x, w_in, w_out, w_eta, w_alpha, chunk_size, eta_max=eta_max, b_eta=b_eta,
             b_alpha=b_alpha, momentum=momentum, activation=activation, dgd_erase=dgd_erase,
             initial_state=initial_state, output_final_state=output_final_state,
             cu_seqlens=cu_seqlens, checkpoint_every=checkpoint_every)
-    return _apply("self_modifying_scan", _ops.self_modifying_scan,
-                  dict(x=x, w_in=w_in, w_out=w_out, w_eta=w_eta, w_alpha=w_alpha, b_eta=b_eta,
-                       b_alpha=b_alpha, initial_state=initial_state, cu_seqlens=cu_seqlens),
-                  dict(chunk_size=chunk_size, eta_max=eta_max, momentum=momentum,
-                       activation=activation, dgd_erase=dgd_erase,
-                       output_final_state=output_final_state,
-                       checkpoint_every=checkpoint_every), mlp_state=True)
+    return _apply("self_modifying_scan", _ops.self_modifying_scan, arrays, statics,
+                  mlp_state=True)
