@@ -335,3 +335,17 @@ def test_staged_means_abstract_not_differentiated():
     jax.vmap(probe)(jnp.ones((2, 3)))
     jax.jit(jax.grad(probe))(x)
     assert seen == [False, False, True, True, True]
+
+
+def test_gpu_without_ffi_library_falls_back_to_callbacks(monkeypatch):
+    """A GPU backend without libnlcore_jax_ffi.so: traced ops still run (host callbacks), and
+    say so once."""
+    from nlcore import _jax_callback, _jax_ffi
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(_jax_ffi, "available", lambda: False)
+    monkeypatch.setattr(_jax_callback, "_warned", [])
+    with pytest.warns(RuntimeWarning, match="no XLA FFI library"):
+        assert _jax_callback.use_callback()
+    assert _jax_callback.use_callback()  # (warned once)
+    monkeypatch.setattr(_jax_ffi, "available", lambda: True)
+    assert not _jax_callback.use_callback()

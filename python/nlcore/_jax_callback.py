@@ -151,11 +151,28 @@ def callback_apply(op: str, fn: Callable, arrays: Dict[str, Any], statics: Dict[
     return f(*leaves)
 
 
+_warned = []
+
+
 def use_callback() -> bool:
-    """Traced ops take the host callback where JAX's backend has no XLA FFI kernels of ours
-    (anything but a GPU), unless the FFI path is forced for lowering tests."""
+    """Traced ops take the host callback where JAX's backend has no XLA FFI kernels of ours:
+    anything but a GPU, or a GPU without libnlcore_jax_ffi.so (then once with a warning: every
+    call becomes a host round trip). Lowering tests force the FFI path."""
     from . import _jax_ffi
-    return jax.default_backend() != "gpu" and not _jax_ffi.ALLOW_ANY_BACKEND
+    if _jax_ffi.ALLOW_ANY_BACKEND:
+        return False
+    if jax.default_backend() != "gpu":
+        return True
+    if _jax_ffi.available():
+        return False
+    if not _warned:
+        import warnings
+        warnings.warn("nlcore.jax: no XLA FFI library (libnlcore_jax_ffi.so) on this GPU "
+                      "machine: traced ops run as host callbacks into the torch ops (correct, "
+                      "but a host round trip per call). Build nlcore with jax importable to get "
+                      "the CUDA custom calls.", RuntimeWarning, stacklevel=3)
+        _warned.append(True)
+    return True
 
 
 def maybe(op: str, fn: Callable, arrays: Dict[str, Any], statics: Dict[str, Any],

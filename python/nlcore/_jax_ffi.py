@@ -58,8 +58,8 @@ def load() -> ctypes.CDLL:
             f"nlcore.jax: the XLA FFI library {LIB_NAME} is not installed"
             + (f" (NLCORE_JAX_FFI_LIB={path} does not exist)" if path is not None else "")
             + ". It is built with the CUDA kernels when jaxlib is importable at build time "
-            "(NLCORE_CUDA=ON, see README 'JAX'); without it nlcore.jax ops run eagerly only "
-            "(outside jax.jit).")
+            "(NLCORE_CUDA=ON, see README 'JAX'); without it traced nlcore.jax ops take the "
+            "host-callback path.")
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
@@ -103,8 +103,7 @@ def _check_backend(op: str) -> None:
         raise RuntimeError(
             f"nlcore.jax.{op} under jax.jit (or another tracing transformation) runs nlcore's "
             f"CUDA kernels through XLA FFI and needs a CUDA GPU; JAX's default backend here is "
-            f"{backend!r}. Call the op eagerly (outside jit; jax.grad works eagerly) to run it "
-            f"on the CPU.")
+            f"{backend!r}. nlcore.jax.{op} itself takes a host callback there.")
 
 
 _FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
