@@ -113,6 +113,48 @@ def _aval(x):
     return jax.typeof(x)
 
 
+def _num_sequences(op: str, B: int, cu_seqlens) -> int:
+    """N: B, or the packed sequences of cu_seqlens (1-D int32/int64, batch size 1)."""
+    if cu_seqlens is None:
+        return B
+    ca = _aval(cu_seqlens)
+    if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
+        raise ValueError(f"nlcore.jax.{op}: cu_seqlens must be a 1-D int32/int64 array with "
+                         f"batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
+    return ca.shape[0] - 1
+
+
+def _input_cotangents(names, xs, grads: Dict[str, Any]):
+    """The custom_vjp's cotangents in input order: the kernel's gradient in each float input's
+    dtype, a float0 zero for the integer ones (cu_seqlens, the token counts n)."""
+    return tuple(np.zeros(_aval(x).shape, dtype=jax.dtypes.float0) if n in ("n", "cu_seqlens")
+                 else grads[n].astype(_aval(x).dtype) for n, x in zip(names, xs))
+
+
+def _scan_args(op: str, chunk_size, activation, checkpoint_every, w_in, w_out, initial_state):
+    """The checks the two scans share; their weights/state as a dict of _MLP_FIELDS."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"nlcore.jax.{op}: chunk_size must be an int >= 1, got {chunk_size!r}")
+    if activation not in _MLP_ACT:
+        raise ValueError(f"nlcore.jax.{op}: activation must be 'silu' or 'gelu', got "
+                         f"{activation!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 1:
+        raise ValueError(f"nlcore.jax.{op}: checkpoint_every must be an int >= 1, got "
+                         f"{checkpoint_every!r}")
+    if initial_state is not None:
+        if w_in is not None or w_out is not None:
+            raise ValueError(f"nlcore.jax.{op}: pass either w_in/w_out or initial_state, not "
+                             f"both")
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 8:
+            raise ValueError(f"nlcore.jax.{op}: initial_state must be an MLPMemoryState (or an "
+                             f"8-tuple)")
+        return dict(zip(_MLP_FIELDS, initial_state))
+    if w_in is None or w_out is None:
+        raise ValueError(f"nlcore.jax.{op}: w_in and w_out are required without initial_state")
+    return dict(w_in=w_in, w_out=w_out)
+
+
 def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initial_state=None,
         output_final_state: bool = False, cu_seqlens=None, read: str = "after"):
     """The traced form of nlcore.jax.dgd: the FFI custom calls with a custom_vjp backward."""
@@ -138,13 +180,7 @@ def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initia
         if t is not None and _aval(t).shape != (B, T, HV):
             raise ValueError(f"nlcore.jax.dgd: {name} must be [B, T, HV] = {(B, T, HV)}, got "
                              f"{_aval(t).shape}")
-    N = B
-    if cu_seqlens is not None:
-        ca = _aval(cu_seqlens)
-        if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
-            raise ValueError(f"nlcore.jax.dgd: cu_seqlens must be a 1-D int32/int64 array with "
-                             f"batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
-        N = ca.shape[0] - 1
+    N = _num_sequences("dgd", B, cu_seqlens)
     if initial_state is not None and _aval(initial_state).shape != (N, HV, K, V):
         raise ValueError(f"nlcore.jax.dgd: initial_state must be [N, HV, K, V] = "
                          f"{(N, HV, K, V)}, got {_aval(initial_state).shape}")
@@ -200,14 +236,8 @@ def dgd(q, k, v, beta, g=None, erase=None, scale: Optional[float] = None, initia
         grads = jax.ffi.ffi_call("nlcore_dgd_bwd", tuple(shapes), vmap_method="sequential")(
             *ops_, do.astype(qa.dtype), ds.astype(jnp.float32), **flags,
             has_grad_final_state=np.int32(1))
-        by_name = dict(zip(("q", "k", "v", "beta", "g", "erase", "initial_state"), grads))
-        res = []
-        for n, x in zip(names, xs):
-            if n == "cu_seqlens":
-                res.append(np.zeros(_aval(x).shape, dtype=jax.dtypes.float0))
-            else:
-                res.append(by_name[n].astype(_aval(x).dtype))
-        return tuple(res)
+        return _input_cotangents(names, xs, dict(zip(
+            ("q", "k", "v", "beta", "g", "erase", "initial_state"), grads)))
 
     f.defvjp(fwd, bwd)
     o, s = f(*[given[n] for n in names])
@@ -320,32 +350,12 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
     op = "memory_mlp_scan"
     _check_backend(op)
     load()
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"nlcore.jax.{op}: chunk_size must be an int >= 1, got {chunk_size!r}")
-    if activation not in _MLP_ACT:
-        raise ValueError(f"nlcore.jax.{op}: activation must be 'silu' or 'gelu', got "
-                         f"{activation!r}")
+    st = _scan_args(op, chunk_size, activation, checkpoint_every, w_in, w_out, initial_state)
     if objective not in _MLP_OBJ:
         raise ValueError(f"nlcore.jax.{op}: objective must be 'l2' or 'dot', got {objective!r}")
     if kernel not in _MLP_KERNEL:
         raise ValueError(f"nlcore.jax.{op}: kernel must be one of {sorted(_MLP_KERNEL)}, got "
                          f"{kernel!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
-            or checkpoint_every < 1:
-        raise ValueError(f"nlcore.jax.{op}: checkpoint_every must be an int >= 1, got "
-                         f"{checkpoint_every!r}")
-    if initial_state is not None:
-        if w_in is not None or w_out is not None:
-            raise ValueError(f"nlcore.jax.{op}: pass either w_in/w_out or initial_state, not "
-                             f"both")
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 8:
-            raise ValueError(f"nlcore.jax.{op}: initial_state must be an MLPMemoryState (or an "
-                             f"8-tuple)")
-        st = dict(zip(_MLP_FIELDS, initial_state))
-    elif w_in is None or w_out is None:
-        raise ValueError(f"nlcore.jax.{op}: w_in and w_out are required without initial_state")
-    else:
-        st = dict(w_in=w_in, w_out=w_out)
     xa = _aval(x)
     if xa.ndim != 4 or _aval(k).shape != xa.shape or _aval(v).shape != xa.shape:
         raise ValueError(f"nlcore.jax.{op}: x, k, v must be [B, T, H, D] of one shape; got "
@@ -356,13 +366,7 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
                         f"bfloat16, float16 on CUDA; got {xa.dtype}, {_aval(k).dtype}, "
                         f"{_aval(v).dtype}")
     B, T, H, D = xa.shape
-    N = B
-    if cu_seqlens is not None:
-        ca = _aval(cu_seqlens)
-        if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
-            raise ValueError(f"nlcore.jax.{op}: cu_seqlens must be a 1-D int32/int64 array "
-                             f"with batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
-        N = ca.shape[0] - 1
+    N = _num_sequences(op, B, cu_seqlens)
     wa = _aval(st["w_in"])
     if wa.ndim not in (3, 4):
         raise ValueError(f"nlcore.jax.{op}: w_in must be [H, F, D] or [N, H, F, D], got "
@@ -449,15 +453,9 @@ def memory_mlp_scan(x, k, v, eta, w_in, w_out, chunk_size: int, g=None, momentum
             g_types += (jax.ShapeDtypeStruct((0,), F32),) * 5
         grads = jax.ffi.ffi_call("nlcore_mlp_bwd", g_types, vmap_method="sequential")(
             *ops_, gy, *finals, **flags)
-        by_name = dict(zip(("x", "k", "v", "eta", "g", "w_in", "w_out", "p_in", "p_out",
-                            "acc_in", "acc_out", "acc_g"), grads))
-        res = []
-        for n, t in zip(names, xs):
-            if n in ("n", "cu_seqlens"):
-                res.append(np.zeros(_aval(t).shape, dtype=jax.dtypes.float0))
-            else:
-                res.append(by_name[n].astype(_aval(t).dtype))
-        return tuple(res)
+        return _input_cotangents(names, xs, dict(zip(
+            ("x", "k", "v", "eta", "g", "w_in", "w_out", "p_in", "p_out", "acc_in", "acc_out",
+             "acc_g"), grads)))
 
     f.defvjp(fwd, bwd)
     outs = f(*[given[n] for n in names])
@@ -476,31 +474,11 @@ def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max
     op = "self_modifying_scan"
     _check_backend(op)
     load()
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"nlcore.jax.{op}: chunk_size must be an int >= 1, got {chunk_size!r}")
-    if activation not in _MLP_ACT:
-        raise ValueError(f"nlcore.jax.{op}: activation must be 'silu' or 'gelu', got "
-                         f"{activation!r}")
+    st = _scan_args(op, chunk_size, activation, checkpoint_every, w_in, w_out, initial_state)
     if isinstance(eta_max, bool) or not isinstance(eta_max, (int, float)) \
             or not math.isfinite(eta_max) or eta_max <= 0:
         raise ValueError(f"nlcore.jax.{op}: eta_max must be a finite number > 0, got "
                          f"{eta_max!r}")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
-            or checkpoint_every < 1:
-        raise ValueError(f"nlcore.jax.{op}: checkpoint_every must be an int >= 1, got "
-                         f"{checkpoint_every!r}")
-    if initial_state is not None:
-        if w_in is not None or w_out is not None:
-            raise ValueError(f"nlcore.jax.{op}: pass either w_in/w_out or initial_state, not "
-                             f"both")
-        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 8:
-            raise ValueError(f"nlcore.jax.{op}: initial_state must be an MLPMemoryState (or an "
-                             f"8-tuple)")
-        st = dict(zip(_MLP_FIELDS, initial_state))
-    elif w_in is None or w_out is None:
-        raise ValueError(f"nlcore.jax.{op}: w_in and w_out are required without initial_state")
-    else:
-        st = dict(w_in=w_in, w_out=w_out)
     xa = _aval(x)
     if xa.ndim != 4:
         raise ValueError(f"nlcore.jax.{op}: x must be [B, T, H, D], got {xa.shape}")
@@ -508,13 +486,7 @@ def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max
         raise TypeError(f"nlcore.jax.{op}: x must be float32, bfloat16 or float16 on CUDA, "
                         f"got {xa.dtype}")
     B, T, H, D = xa.shape
-    N = B
-    if cu_seqlens is not None:
-        ca = _aval(cu_seqlens)
-        if ca.ndim != 1 or ca.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or B != 1:
-            raise ValueError(f"nlcore.jax.{op}: cu_seqlens must be a 1-D int32/int64 array "
-                             f"with batch size 1; got {ca.shape} {ca.dtype} with B = {B}")
-        N = ca.shape[0] - 1
+    N = _num_sequences(op, B, cu_seqlens)
     wa = _aval(st["w_in"])
     if wa.ndim not in (4, 5) or wa.shape[0] != 4:
         raise ValueError(f"nlcore.jax.{op}: w_in must be [4, H, F, D] or [4, N, H, F, D], got "
@@ -594,15 +566,9 @@ def self_modifying_scan(x, w_in, w_out, w_eta, w_alpha, chunk_size: int, eta_max
             g_types += (SD((0,), F32),) * 5
         grads = jax.ffi.ffi_call("nlcore_sm_bwd", g_types, vmap_method="sequential")(
             *operands(xs), *cot, **flags)
-        by_name = dict(zip(("x", "w_in", "w_out", "w_eta", "w_alpha", "b_eta", "b_alpha",
-                            "p_in", "p_out", "acc_in", "acc_out", "acc_g"), grads))
-        res = []
-        for n, t in zip(names, xs):
-            if n in ("n", "cu_seqlens"):
-                res.append(np.zeros(_aval(t).shape, dtype=jax.dtypes.float0))
-            else:
-                res.append(by_name[n].astype(_aval(t).dtype))
-        return tuple(res)
+        return _input_cotangents(names, xs, dict(zip(
+            ("x", "w_in", "w_out", "w_eta", "w_alpha", "b_eta", "b_alpha", "p_in", "p_out",
+             "acc_in", "acc_out", "acc_g"), grads)))
 
     f.defvjp(fwd, bwd)
     outs = f(*[given[n] for n in names])
