@@ -82,8 +82,10 @@ def assert_close_all(a, b, tol, what=""):
 def test_every_flag_float64(activation, residual, objective, self_target, dgd_erase, momentum,
                             C):
     # a step per token moves the weights four times as often: smaller rates keep C = 1 stable
-    # (0.5 diverges for some seeds at μ = 0.8; 0.2 still moves them by > 70 %)
-    x = make_inputs(eta_scale=0.5 if C > 1 else 0.2)
+    # (0.5 diverges for some seeds at μ = 0.8, 0.2 rarely: the second-order gradients reached
+    # 1e109 and NaN with seed 1697503038, "dot", μ = 0.8; 0.1 still moves them by > 70 % over
+    # 200 seeded cases)
+    x = make_inputs(eta_scale=0.5 if C > 1 else 0.1)
     kw = dict(momentum=momentum, activation=activation, residual=residual, objective=objective,
               self_target=self_target, dgd_erase=dgd_erase)
     y_r, st_r, g_r = grads(ref, x, C, **kw)
