@@ -66,7 +66,10 @@ def _train(model, opt, steps=STEPS):
 
 
 def _worker(rank, path, init_file):
+    import faulthandler
     import torch.distributed as dist
+    # a native crash (SIGABRT / SIGSEGV) leaves its Python stacks here for the parent to show
+    faulthandler.enable(open(f"{init_file}.rank{rank}.crash", "w"), all_threads=True)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
@@ -103,11 +106,33 @@ def test_fsdp2_two_ranks_equal_single_process():
     import torch.multiprocessing as mp
     from nlcore.optim import M3, m3_param_groups
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "out.pt")
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(path, init_file), nprocs=WORLD, join=True)
-        got = torch.load(path)
+    # A rank dying by a signal (SIGABRT seen twice in ~10 fresh-clone CI runs on a loaded 2-core
+    # machine, never reproduced in 30 runs here; no message, so inside gloo / process teardown)
+    # gets one more launch in a fresh directory, with its stacks kept as a warning; a second
+    # crash fails the test. The equality checks below are the same either way.
+    crashes = []
+    for attempt in range(2):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "out.pt")
+            init_file = os.path.join(tmp, "init")
+            try:
+                mp.spawn(_worker, args=(path, init_file), nprocs=WORLD, join=True)
+            except mp.ProcessExitedException as e:
+                stacks = ""
+                for r in range(WORLD):
+                    f = f"{init_file}.rank{r}.crash"
+                    if os.path.exists(f) and os.path.getsize(f):
+                        stacks += f"--- rank {r}:\n" + open(f).read()[-4000:]
+                crashes.append(f"{e}\n{stacks or '(no Python stack was written)'}")
+                continue
+            got = torch.load(path)
+            break
+    else:
+        pytest.fail("both launches crashed:\n" + "\n".join(crashes))
+    if crashes:
+        import warnings
+        warnings.warn("test_m3_distributed: the first launch crashed and was rerun:\n"
+                      + crashes[0])
 
     torch.manual_seed(0)
     model = Net()
